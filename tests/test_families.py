@@ -8,7 +8,7 @@ from families_helpers import FAMILIES, tiny_pipe
 
 from trainer.config import ModelConfig
 from trainer.models.families import FAMILIES as FAMILY_TABLE
-from trainer.models.families import family_of_pipeline
+from trainer.models.families import ImageSizes, family_for_pipeline
 from trainer.models.loading import load_base
 from trainer.models.single_file import ASSETS
 from trainer.models.tiny import build_tiny_pipeline, weights_hash
@@ -49,62 +49,84 @@ def test_tiny_models_are_the_real_architecture_small_and_deterministic(family):
         assert unet.addition_embed_type == "text_time" and len(unet.down_block_types) == 3
         assert list(unet.transformer_layers_per_block) == [1, 2, 3]
         assert pipe.text_encoder.config.hidden_size != pipe.text_encoder_2.config.hidden_size
-    assert family_of_pipeline(pipe).name == family
+    assert family_for_pipeline(pipe).name == family
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_encode_prompt_matches_the_pipeline(family):
+def test_text_conditioning_matches_the_pipelines_own(family):
     base = load_base(ModelConfig(base_model={"sd15": "tiny", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}[family]))
+    sizes = ImageSizes([(300, 200), (128, 128)], [(8, 0), (0, 0)], (128, 96))
+    text = base.family.encode_text(base.pipe, CAPTIONS)
+    kwargs = base.family.unet_kwargs(text, sizes)
     with torch.no_grad():
-        ours = base.family.encode_prompt(base, CAPTIONS)
         theirs = base.pipe.encode_prompt(CAPTIONS, device="cpu", num_images_per_prompt=1,
                                          do_classifier_free_guidance=False)
-    assert torch.equal(ours["encoder_hidden_states"], theirs[0])
+    assert torch.equal(kwargs["encoder_hidden_states"], theirs[0])
     if family == "sdxl":
-        extra = ours["added_cond_kwargs"]
+        extra = kwargs["added_cond_kwargs"]
         assert torch.equal(extra["text_embeds"], theirs[2])
-        expected = base.pipe._get_add_time_ids((128, 128), (0, 0), (128, 128), torch.float32,
+        expected = base.pipe._get_add_time_ids((300, 200), (8, 0), (128, 96), torch.float32,
                                                base.pipe.text_encoder_2.config.projection_dim)
-        assert torch.equal(extra["time_ids"], expected.repeat(2, 1))
-        sized = base.family.encode_prompt(base, CAPTIONS[:1], sizes=[((300, 200), (8, 0), (128, 96))])
-        assert sized["added_cond_kwargs"]["time_ids"].tolist() == [[300, 200, 8, 0, 128, 96]]
+        assert torch.equal(extra["time_ids"][:1], expected)
+        assert extra["time_ids"][1].tolist() == [128, 128, 0, 0, 128, 96]
     else:
-        assert "added_cond_kwargs" not in ours
+        assert set(kwargs) == {"encoder_hidden_states"}
 
 
-def test_v_prediction_target_is_the_schedulers_velocity():
+def test_v_prediction_target_in_the_training_step_is_the_schedulers_velocity():
+    """The loop's own training_step, run on tiny SD 2: its loss is the error against get_velocity."""
+    from diffusers import DDPMScheduler
+
+    from trainer.config import load_config
+    from trainer.loop import training_step
+
     base = load_base(ModelConfig(base_model="tiny-sd2"))
     assert base.prediction_type == "v_prediction"
-    generator = torch.Generator().manual_seed(0)
-    latents = torch.randn(2, 4, 16, 16, generator=generator)
-    noise = torch.randn(2, 4, 16, 16, generator=generator)
-    timesteps = torch.tensor([10, 900])
-    target = base.training_target(latents, noise, timesteps)
-    assert torch.allclose(target, base.noise_scheduler.get_velocity(latents, noise, timesteps))
-    alphas = base.noise_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    assert torch.allclose(target, alphas.sqrt() * noise - (1 - alphas).sqrt() * latents, atol=1e-6)
+    base.pipe.unet.requires_grad_(False)  # frozen, as in training (the LoRA layers are what learns)
+    scheduler = DDPMScheduler.from_config(base.pipe.scheduler.config)
+    config = load_config(None, {"model.base_model": "tiny-sd2"})
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    text = base.family.encode_text(base.pipe, CAPTIONS)
+    sizes = ImageSizes([(128, 128)] * 2, [(0, 0)] * 2, (128, 128))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        loss = training_step(base.pipe.unet, scheduler, base, latents, text, sizes, config)
+    torch.manual_seed(7)  # the same noise and timesteps, drawn in the same order
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, 1000, (2,)).long()
+    alphas = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    velocity = alphas.sqrt() * noise - (1 - alphas).sqrt() * latents
+    torch.testing.assert_close(scheduler.get_velocity(latents, noise, timesteps), velocity)
+    with torch.no_grad():
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        prediction = base.pipe.unet(noisy, timesteps, encoder_hidden_states=text["encoder_hidden_states"]).sample
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(prediction, velocity))
+    assert not torch.allclose(loss, torch.nn.functional.mse_loss(prediction, noise))
+
+
+def test_prediction_override_and_zero_terminal_snr_reach_the_training_scheduler():
+    from diffusers import DDPMScheduler
+
     epsilon = load_base(ModelConfig(base_model="tiny-sd2", prediction_type="epsilon"))
-    assert epsilon.prediction_type == "epsilon" and epsilon.pipe.scheduler.config.prediction_type == "epsilon"
-    assert torch.equal(epsilon.training_target(latents, noise, timesteps), noise)
-
-
-def test_zero_terminal_snr_rescales_training_and_sampling_schedules():
-    base = load_base(ModelConfig(base_model="tiny-sd2", zero_terminal_snr=True))
-    assert float(base.noise_scheduler.alphas_cumprod[-1]) < 1e-6
-    assert base.pipe.scheduler.config.rescale_betas_zero_snr
-    assert base.pipe.scheduler.config.timestep_spacing == "trailing"
+    assert epsilon.prediction_type == "epsilon"
+    assert DDPMScheduler.from_config(epsilon.pipe.scheduler.config).config.prediction_type == "epsilon"
+    zero = load_base(ModelConfig(base_model="tiny-sd2", zero_terminal_snr=True))
+    training = DDPMScheduler.from_config(zero.pipe.scheduler.config)
+    assert training.config.prediction_type == "v_prediction"
+    assert float(training.alphas_cumprod[-1]) < 1e-6
+    assert zero.pipe.scheduler.config.timestep_spacing == "trailing"
     plain = load_base(ModelConfig(base_model="tiny-sd2"))
-    assert float(plain.noise_scheduler.alphas_cumprod[-1]) > 1e-3
+    assert float(DDPMScheduler.from_config(plain.pipe.scheduler.config).alphas_cumprod[-1]) > 1e-3
 
 
 def test_metadata_names_per_family():
     sd15, sd2, sdxl = (FAMILY_TABLE[name] for name in FAMILIES)
-    assert sd15.base_model_version("epsilon") == "sd_v1"
-    assert sd2.base_model_version("v_prediction") == "sd_v2_768_v"
-    assert sd2.base_model_version("epsilon") == "sd_v2_512"
-    assert sdxl.base_model_version("epsilon") == "sdxl_base_v1-0"
-    assert sd2.extra_metadata("v_prediction") == {"ss_v2": "True", "ss_v_parameterization": "True"}
-    assert sd15.extra_metadata("epsilon")["ss_v2"] == "False"
+    assert sd15.metadata("epsilon") == {"ss_base_model_version": "sd_v1", "ss_v2": "False",
+                                        "ss_v_parameterization": "False"}
+    assert sd2.metadata("v_prediction") == {"ss_base_model_version": "sd_v2_768_v", "ss_v2": "True",
+                                            "ss_v_parameterization": "True"}
+    assert sd2.version_for("epsilon") == "sd_v2_512"
+    assert sdxl.version_for("epsilon") == "sdxl_base_v1-0"
     assert (sd15.default_resolution, sd2.default_resolution, sdxl.default_resolution) == (512, 768, 1024)
 
 

@@ -36,7 +36,7 @@ def test_single_file_round_trips_through_diffusers_loader(family, tmp_path):
     base = load_base(ModelConfig(base_model=str(path)))
     assert base.family.name == family
     assert weights_hash(base.pipe) == weights_hash(tiny_pipe(family))
-    assert base.resolution == 128
+    assert base.default_resolution == 128
     assert base.prediction_type == ("v_prediction" if family == "sd2" else "epsilon")
 
 

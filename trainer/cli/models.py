@@ -16,15 +16,15 @@ def register(subparsers) -> None:
         "tiny-model", help="write a tiny SD 1.x, SD 2.x or SDXL model (a few MB) as a diffusers folder",
         description="Write the embedded tiny model of a family as a diffusers folder that the family's "
                     "pipeline class (StableDiffusionPipeline, StableDiffusionXLPipeline) loads.")
-    parser.add_argument("out_dir", help="folder to write (created; existing files are overwritten)")
+    parser.add_argument("out_dir", help="folder to write (StableDiffusionPipeline or "
+                                        "StableDiffusionXLPipeline.from_pretrained loads it)")
     parser.add_argument("--family", choices=sorted(TINY_RESOLUTION), default="sd15",
                         help="model family (default: sd15)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer.models.tiny import save_tiny_model
 
-    out = save_tiny_model(args.family, args.out_dir)
-    print(f"wrote the tiny {args.family} model to {out}")
+    print(save_tiny_model(args.family, args.out_dir))
     return 0

@@ -1,6 +1,6 @@
 """Load the base model a run trains on: a tiny name, a hub id, a diffusers folder or a single file.
 
-    base = load_base(config.model)        # Base(pipe, family, resolution, prediction_type, source)
+    base = load_base(config.model)   # Base(pipe, family, prediction_type, default_resolution, source)
 
 Hub ids go through the normal Hugging Face cache (`HF_HOME`); with `HF_HUB_OFFLINE=1` they load from it,
 and when a model is not there the error says what to download. Nothing but safetensors is read unless
@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.config import ModelConfig
 from trainer.errors import ModelError
-from trainer.models.families import FAMILIES, Family, family_of_pipeline
+from trainer.models.families import FAMILIES, Family, family_for_pipeline
 from trainer.models.single_file import PICKLE_SUFFIXES, load_single_file, refuse_pickle
 from trainer.models.tiny import TINY_NAMES, TINY_RESOLUTION, build_tiny_pipeline
 
@@ -28,52 +29,42 @@ class Base:
 
     pipe: object
     family: Family
-    resolution: int = 512
-    """The model's own training resolution (128 for the tiny models)."""
-    prediction_type: str = "epsilon"
-    """`epsilon` or `v_prediction`: from the scheduler config unless the config overrides it."""
-    source: str = ""
+    prediction_type: str
+    """`epsilon` or `v_prediction`: from the scheduler config unless `model.prediction_type` overrides it."""
+    default_resolution: int
+    """The model's own training resolution (128 for the tiny models, 512/768/1024 for real ones)."""
+    source: str
     """What `model.base_model` named, as written in the LoRA's metadata."""
-    noise_scheduler: object = None
-    """The training scheduler: DDPM with the model's betas and prediction type (zero-SNR when asked)."""
-
-    def training_target(self, latents, noise, timesteps):
-        family, scheduler = self.family, self.noise_scheduler
-        return family.training_target(scheduler, latents, noise, timesteps, self.prediction_type)
 
 
-def load_base(model_config, dtype=None) -> Base:
-    """Load `model_config.base_model` (see the module docstring); a ModelError says what is wrong."""
-    name = model_config.base_model.strip()
+def load_base(model: ModelConfig, dtype=None) -> Base:
+    """Load `model.base_model` (see the module docstring) on the CPU; the caller moves it."""
+    name = model.base_model.strip()
     if name in TINY_NAMES:
-        family = TINY_NAMES[name]
-        pipe, resolution = build_tiny_pipeline(family), TINY_RESOLUTION[family]
+        pipe, resolution = build_tiny_pipeline(TINY_NAMES[name]), TINY_RESOLUTION[TINY_NAMES[name]]
     else:
-        pipe = _load_pipeline(name, model_config, dtype)
-        resolution = None
-    family = family_of_pipeline(pipe)
-    if resolution is None:
+        pipe = _load_pipeline(name, model, dtype)
         resolution = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    family = family_for_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)
-    prediction = family.prediction_type(pipe.scheduler.config, model_config.prediction_type)
-    noise_scheduler = training_scheduler(pipe.scheduler.config, prediction, model_config.zero_terminal_snr)
-    if model_config.prediction_type != "auto" or model_config.zero_terminal_snr:
-        pipe.scheduler = sampling_scheduler(pipe.scheduler, prediction, model_config.zero_terminal_snr)
-    return Base(pipe=pipe, family=family, resolution=resolution, prediction_type=prediction, source=name,
-                noise_scheduler=noise_scheduler)
+    prediction = model.prediction_type
+    if prediction == "auto":
+        prediction = pipe.scheduler.config.get("prediction_type") or family.default_prediction_type
+    # The loop builds its training scheduler from this config, so overrides reach training and samples.
+    if model.prediction_type != "auto" or model.zero_terminal_snr:
+        pipe.scheduler = run_scheduler(pipe.scheduler, prediction, model.zero_terminal_snr)
+    return Base(pipe, family, prediction, int(resolution), name)
 
 
-def training_scheduler(scheduler_config, prediction_type: str, zero_terminal_snr: bool = False):
-    from diffusers import DDPMScheduler
+def run_scheduler(scheduler, prediction_type: str, zero_terminal_snr: bool):
+    """The pipeline's scheduler with the run's prediction type; with zero terminal SNR, DDIM with rescaled
+    betas and trailing timesteps (the combination Lin et al. 2023 prescribe)."""
+    from diffusers import DDIMScheduler
 
-    return DDPMScheduler.from_config(scheduler_config, prediction_type=prediction_type,
-                                     rescale_betas_zero_snr=zero_terminal_snr)
-
-
-def sampling_scheduler(scheduler, prediction_type: str, zero_terminal_snr: bool):
-    """The pipeline's own scheduler with the run's prediction type (and zero-SNR with trailing steps)."""
-    extra = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"} if zero_terminal_snr else {}
-    return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type, **extra)
+    if zero_terminal_snr:
+        return DDIMScheduler.from_config(scheduler.config, prediction_type=prediction_type,
+                                         rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return type(scheduler).from_config(scheduler.config, prediction_type=prediction_type)
 
 
 def _load_pipeline(name: str, model_config, dtype):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,7 +42,11 @@ def read_shapes(path: str | Path, allow_pickle: bool = False) -> dict[str, tuple
         refuse_pickle(path, allow_pickle)
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ModelError("holds Python objects besides tensors, which weights_only loading refuses",
+                             where=str(path), fix="Use a .safetensors version of this model.") from err
         while isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
