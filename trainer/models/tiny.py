@@ -1,11 +1,17 @@
 """The embedded tiny Stable Diffusion pipelines: the real architectures at a fraction of the width.
 
     pipe = build_tiny_pipeline("sd15")          # same weights on every machine (fixed seed)
-    save_tiny_model("sd15", "tiny-model/")      # a diffusers folder StableDiffusionPipeline loads
+    save_tiny_model("sdxl", "tiny-sdxl/")       # a diffusers folder the family's pipeline class loads
 
 The SD 1.x model keeps SD 1.5's block structure (four down and four up blocks, three with cross-attention,
 two layers per block, a VAE that downsamples 8x, 77-token prompts), so every state-dict key is named as in
 the real model, and its default resolution is 128 px.
+
+The SD 2.x model adds what SD 2 changed: an OpenCLIP-style text encoder (gelu, the penultimate layer, so
+one layer fewer than OpenCLIP's), a head count per block with linear projections in the transformers, and
+a v-prediction scheduler. The SDXL model has SDXL's three down blocks (the first without attention), a
+transformer depth that grows per block, two text encoders of different widths (the second with a
+projection whose pooled output conditions the UNet with the size/crop `add_time_ids`), and EulerDiscrete.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-TINY_NAMES = {"tiny": "sd15"}
-TINY_RESOLUTION = {"sd15": 128}
+TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+TINY_RESOLUTION = {"sd15": 128, "sd2": 128, "sdxl": 128}
 TINY_SEED = 20241122
 
 _SD15_UNET = dict(
@@ -66,35 +72,164 @@ _SD_SCHEDULER = dict(
     prediction_type="epsilon",
 )
 
+_SD2_UNET = dict(
+    _SD15_UNET,
+    attention_head_dim=(2, 4, 4, 4),
+    use_linear_projection=True,
+)
+
+_SD2_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=64,
+)
+
+_SD2_SCHEDULER = dict(_SD_SCHEDULER, prediction_type="v_prediction")
+
+_SDXL_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 64),
+    layers_per_block=2,
+    transformer_layers_per_block=(1, 2, 3),
+    attention_head_dim=(2, 4, 4),
+    use_linear_projection=True,
+    cross_attention_dim=32 + 64,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=16,
+    projection_class_embeddings_input_dim=64 + 6 * 16,
+    norm_num_groups=16,
+)
+
+_SDXL_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=32,
+)
+
+_SDXL_TEXT_2 = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    projection_dim=64,
+)
+
+_SDXL_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
+)
+
 
 def build_tiny_pipeline(family: str = "sd15"):
-    """Build the tiny pipeline of `family` from the fixed seed; the same weights on every machine."""
-    if family not in TINY_RESOLUTION:
-        raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(TINY_RESOLUTION)}")
+    """Build the tiny pipeline of `family` (sd15, sd2, sdxl) from a fixed seed, the same everywhere."""
+    builders = {"sd15": _build_sd15, "sd2": _build_sd2, "sdxl": _build_sdxl}
+    family = TINY_NAMES.get(family, family)
+    if family not in builders:
+        raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(builders)}")
+    pipe = builders[family]()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tokenizer(pad_token: str | None = None):
+    """The locally built CLIP tokenizer; SD 2's OpenCLIP tokenizer pads with '!' instead of end-of-text."""
     import tempfile
 
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
-    from trainer.models.tokenizer import tiny_vocab, write_tiny_tokenizer
+    from trainer.models.tokenizer import write_tiny_tokenizer
 
+    extra = {"pad_token": pad_token} if pad_token else {}
     with tempfile.TemporaryDirectory() as folder:
-        tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder))
-    vocab_size = len(tiny_vocab()[0])
+        return CLIPTokenizer.from_pretrained(write_tiny_tokenizer(folder), **extra)
+
+
+def _text_config(settings: dict, pad_token: str | None = None):
+    from transformers import CLIPTextConfig
+
+    from trainer.models.tokenizer import tiny_vocab
+
+    vocab = tiny_vocab()[0]
+    vocab_size = len(vocab)
+    pad_id = vocab[pad_token] if pad_token else vocab_size - 1
+    return CLIPTextConfig(vocab_size=vocab_size, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
+                          pad_token_id=pad_id, **settings)
+
+
+def _build_sd15():
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = _tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         unet = UNet2DConditionModel(**_SD15_UNET)
         vae = AutoencoderKL(**_SD_VAE)
-        text_config = CLIPTextConfig(vocab_size=vocab_size, bos_token_id=vocab_size - 2,
-                                     eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1, **_SD15_TEXT)
-        text_encoder = CLIPTextModel(text_config)
+        text_encoder = CLIPTextModel(_text_config(_SD15_TEXT))
     scheduler = DDIMScheduler(**_SD_SCHEDULER)
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+
+
+def _build_sd2():
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = _tokenizer(pad_token="!")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED + 2)
+        unet = UNet2DConditionModel(**_SD2_UNET)
+        vae = AutoencoderKL(**_SD_VAE)
+        text_encoder = CLIPTextModel(_text_config(_SD2_TEXT, pad_token="!"))
+    scheduler = DDIMScheduler(**_SD2_SCHEDULER)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def _build_sdxl():
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2 = _tokenizer(), _tokenizer(pad_token="!")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED + 3)
+        unet = UNet2DConditionModel(**_SDXL_UNET)
+        vae = AutoencoderKL(**dict(_SD_VAE, scaling_factor=0.13025, force_upcast=True))
+        text_encoder = CLIPTextModel(_text_config(_SDXL_TEXT))
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config(_SDXL_TEXT_2, pad_token="!"))
+    scheduler = EulerDiscreteScheduler(**_SDXL_SCHEDULER)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, add_watermarker=False,
+    )
 
 
 def save_tiny_model(family: str, out_dir: str | Path) -> Path:
