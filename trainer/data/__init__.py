@@ -1,0 +1,48 @@
+"""Datasets: find images and captions, open them safely, check, bucket and caption them, cache, import.
+
+    items, report = check_dataset(config)            # the doctor; DatasetRefused on errors
+    buckets = assign_buckets(items, resolution)      # {(w, h): [DatasetItem]}
+    sampler = BucketBatchSampler(buckets, config.train.batch_size, config.train.seed)
+
+Modules: `scan` (layouts), `images` (safe opening, tensors), `doctor` (+ `report_text`, `similar`),
+`buckets`, `captions`, `cache` (content-keyed disk caches), `archive` (safe zip import).
+"""
+
+from trainer.data.archive import ImportReport, import_archive
+from trainer.data.buckets import (
+    BucketBatchSampler,
+    assign_buckets,
+    bucket_histogram,
+    make_buckets,
+    nearest_bucket,
+)
+from trainer.data.cache import (
+    DiskCache,
+    MemoryCache,
+    file_sha256,
+    latent_key,
+    module_identity,
+    open_cache,
+    text_key,
+)
+from trainer.data.captions import (
+    add_trigger,
+    build_caption,
+    caption_mode,
+    captions_are_static,
+    drop_caption,
+    shuffle_tags,
+)
+from trainer.data.doctor import DatasetRefused, Finding, Report, check_dataset, default_resolution, doctor
+from trainer.data.images import image_size, open_image, prepare_image, read_image
+from trainer.data.scan import DatasetItem, scan_dataset, scan_folder
+
+__all__ = [
+    "BucketBatchSampler", "DatasetItem", "DatasetRefused", "DiskCache", "Finding", "ImportReport",
+    "MemoryCache", "Report", "add_trigger", "assign_buckets", "bucket_histogram", "build_caption",
+    "caption_mode",
+    "captions_are_static", "check_dataset", "default_resolution", "doctor", "drop_caption", "file_sha256",
+    "image_size", "import_archive", "latent_key", "make_buckets", "module_identity", "nearest_bucket",
+    "open_cache", "open_image", "prepare_image", "read_image", "scan_dataset", "scan_folder", "shuffle_tags",
+    "text_key",
+]
