@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.buckets import BucketBatchSampler, assign_buckets, bucket_histogram, make_buckets, nearest_bucket
+from trainer.data.buckets import (
+    BucketBatchSampler,
+    assign_buckets,
+    bucket_histogram,
+    make_buckets,
+    nearest_bucket,
+)
 from trainer.data.scan import DatasetItem
 
 
@@ -58,6 +64,6 @@ def test_batches_come_from_one_bucket_in_a_seeded_resumable_order():
     stream = sampler.batches_from(0, 0)
     straight = [next(stream) for _ in range(10)]
     resumed = sampler.batches_from(*straight[5][:2])
-    assert [next(resumed) for _ in range(5)] == straight[5:], "resuming at (epoch, index) continues the same stream"
+    assert [next(resumed) for _ in range(5)] == straight[5:], "resuming at (epoch, index) continues"
     assert straight[7][0] == 1 and straight[7][1] == 0
     assert len(BucketBatchSampler(buckets, 2, 42, drop_last=True)) == 6

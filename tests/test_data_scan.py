@@ -38,7 +38,8 @@ def test_metadata_jsonl_captions(tmp_path):
     lines = [{"file_name": "01.png", "text": "a sunset"}, {"file_name": "02.png", "text": "a moon"}]
     (tmp_path / "train" / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     found = scan_folder(tmp_path)
-    assert [(i.caption, i.caption_source) for i in found.items] == [("a sunset", "metadata"), ("a moon", "metadata")]
+    captions = [(i.caption, i.caption_source) for i in found.items]
+    assert captions == [("a sunset", "metadata"), ("a moon", "metadata")]
     assert not found.ignored and not found.orphan_captions
 
 
