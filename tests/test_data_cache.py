@@ -19,13 +19,8 @@ from trainer.data.images import open_image, prepare_image
 
 
 @pytest.fixture(scope="module")
-def vae():
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                         layers_per_block=1).eval()
+def vae(tiny_pipe):
+    return tiny_pipe.vae
 
 
 def encode(vae, path):

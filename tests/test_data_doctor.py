@@ -133,11 +133,13 @@ def run_cli(*args, cwd=ROOT):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_doctor_command_exit_codes_and_json(hostile):
+def test_doctor_command_exit_codes_and_json(hostile, capsys):
     refused = run_cli("doctor", hostile, "--trigger-word", "sks")
     assert refused.returncode == 1, refused.stderr
     assert "truncated.png" in refused.stdout and "is 122 tokens" in refused.stdout
-    skipped = run_cli("doctor", hostile, "--skip-bad-images", "--json", "--no-bucketing")
-    assert skipped.returncode == 0, skipped.stderr
-    data = json.loads(skipped.stdout)
+    # The same entry point in this process (a second interpreter start costs seconds on a busy CI box).
+    from trainer.cli import main
+
+    assert main(["doctor", str(hostile), "--skip-bad-images", "--json", "--no-bucketing"]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert data["ok"] and len(data["skipped"]) == 3 and data["summary"]["buckets"] == {"128x128": 9}

@@ -16,15 +16,6 @@ from trainer.data.buckets import (
     make_buckets,
     nearest_bucket,
 )
-from trainer.data.cache import (
-    DiskCache,
-    MemoryCache,
-    file_sha256,
-    latent_key,
-    module_identity,
-    open_cache,
-    text_key,
-)
 from trainer.data.captions import (
     add_trigger,
     build_caption,
@@ -36,6 +27,19 @@ from trainer.data.captions import (
 from trainer.data.doctor import DatasetRefused, Finding, Report, check_dataset, default_resolution, doctor
 from trainer.data.images import image_size, open_image, prepare_image, read_image
 from trainer.data.scan import DatasetItem, scan_dataset, scan_folder
+
+# The caches need torch; they load on first use so `lora-studio doctor` starts without it.
+_CACHE_NAMES = ("DiskCache", "MemoryCache", "file_sha256", "latent_key", "module_identity", "open_cache",
+                "text_key")
+
+
+def __getattr__(name: str):
+    if name in _CACHE_NAMES:
+        from trainer.data import cache
+
+        return getattr(cache, name)
+    raise AttributeError(f"module 'trainer.data' has no attribute {name!r}")
+
 
 __all__ = [
     "BucketBatchSampler", "DatasetItem", "DatasetRefused", "DiskCache", "Finding", "ImportReport",

@@ -11,16 +11,18 @@ Every refusal is a DatasetError that names the file and what to do about it.
 from __future__ import annotations
 
 import hashlib
-import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
 
 from trainer.errors import DatasetError
+
+if TYPE_CHECKING:
+    import torch
 
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
@@ -30,7 +32,8 @@ OTHER_IMAGE_EXTENSIONS = (".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".a
 MAX_PIXELS = 89_478_485
 _FIX_CONVERT = "Convert it to PNG, JPEG or WebP, or remove it from the dataset."
 _EXIF_ORIENTATION = 0x0112
-Rng = random.Random | np.random.Generator | torch.Generator | None
+Rng = Any
+"""random.Random, numpy's Generator or torch's Generator (torch is imported only when tensors are made)."""
 
 
 @dataclass
@@ -184,12 +187,16 @@ def prepare_image(image: Image.Image, width: int, height: int, random_crop: bool
     image = image.crop((left, top, left + width, top + height))
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    import torch
+
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous(), (top, left)
 
 
 def _randint(rng: Rng, high: int) -> int:
     """A number in 0..high from whichever kind of seeded generator the caller holds."""
+    import torch
+
     if high <= 0:
         return 0
     if isinstance(rng, torch.Generator):
