@@ -51,14 +51,22 @@ def text_key(caption: str, encoder_id: str) -> str:
 
 
 def module_identity(*parts) -> str:
-    """A hash that names a model: each torch module's class, config and weights; strings as they are."""
+    """A hash that names a model: each module's class, config and weights, a tokenizer's vocabulary.
+
+    Where a model was loaded from (`_name_or_path`, often a temporary folder) and library versions are
+    left out: the same weights give the same identity wherever they came from.
+    """
     digest = hashlib.sha256()
     for part in parts:
-        if isinstance(part, torch.nn.Module):
+        if hasattr(part, "get_vocab"):
+            digest.update(type(part).__name__.encode())
+            digest.update(json.dumps([sorted(part.get_vocab().items()), part.model_max_length]).encode())
+        elif isinstance(part, torch.nn.Module):
             digest.update(type(part).__name__.encode())
             config = getattr(part, "config", None)
             if config is not None:
                 as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+                as_dict = {k: v for k, v in as_dict.items() if not k.startswith("_") and not k.endswith("_version")}
                 digest.update(json.dumps(as_dict, sort_keys=True, default=str).encode())
             for name, tensor in sorted(part.state_dict().items()):
                 digest.update(name.encode())
