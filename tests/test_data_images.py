@@ -10,8 +10,9 @@ import torch
 from data_files import exif_rotated_jpeg, huge_png_header, noise_image, truncated_png, write_image
 from PIL import Image
 
+from trainer.config import load_config
 from trainer.data.images import image_size, open_image, prepare_image, read_image
-from trainer.errors import DatasetError
+from trainer.errors import ConfigError, DatasetError
 
 
 def refusal(path) -> str:
@@ -93,6 +94,8 @@ def test_alpha_is_composited_on_the_background(tmp_path):
     assert green.getpixel((0, 0)) == (255, 0, 0)
     with pytest.raises(DatasetError, match="data.background"):
         open_image(path, background="not-a-colour")
+    with pytest.raises(ConfigError, match="data.background must be a colour"):
+        load_config(None, {"data.background": "not-a-colour"})
 
 
 def test_palette_with_transparency_and_16_bit_grey(tmp_path):
