@@ -118,8 +118,8 @@ def _decode(path: Path, data: bytes, kind: str) -> Image.Image:
         except UnidentifiedImageError as err:
             raise DatasetError(f"is not a readable {kind} image", where=str(path), fix=_FIX_CONVERT) from err
         except (OSError, SyntaxError, ValueError, EOFError) as err:
-            reason = "truncated" if "truncat" in str(err).lower() else "damaged"
-            raise DatasetError(f"is not a readable image ({reason} {kind}: {err})", where=str(path),
+            reason = f"truncated {kind}" if "truncat" in str(err).lower() else f"damaged {kind}: {err}"
+            raise DatasetError(f"is not a readable image ({reason})", where=str(path),
                                fix="Re-export it or remove it.") from err
     return image
 

@@ -32,9 +32,15 @@ def format_report(report, limit: int = 20) -> str:
                 lines.append(f"    fix: {group[0].fix}")
     lines += _summary_lines(report.summary)
     verdict = "OK" if report.ok else "REFUSED"
-    lines.append(f"Result: {verdict}: {len(report.errors)} errors, {len(report.warnings)} warnings"
-                 + (f", {len(report.skipped)} files skipped" if report.skipped else ""))
+    counts = [_count(len(report.errors), "error"), _count(len(report.warnings), "warning")]
+    if report.skipped:
+        counts.append(_count(len(report.skipped), "file") + " skipped")
+    lines.append(f"Result: {verdict}: {', '.join(counts)}")
     return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _summary_lines(summary: dict) -> list[str]:
