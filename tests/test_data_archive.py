@@ -115,3 +115,15 @@ def test_not_a_zip_and_bad_names(tmp_path):
     with pytest.raises(DatasetError, match="contains no PNG, JPEG or WebP images"):
         import_archive(only_text, tmp_path / "datasets", "text")
     assert_nothing_written(tmp_path / "datasets")
+
+
+def test_import_dataset_command_uses_the_studio_home(tmp_home, capsys):
+    from trainer.cli import main
+
+    archive = make_zip(tmp_home.parent / "up.zip", [("01.png", png_bytes()), ("01.txt", "a red square")])
+    assert main(["import-dataset", str(archive), "--name", "shapes"]) == 0
+    out = capsys.readouterr().out
+    target = tmp_home / "datasets" / "shapes"
+    assert f"Imported 1 image and 1 caption into {target}" in out and (target / "01.txt").is_file()
+    assert main(["import-dataset", str(archive), "--name", "shapes"]) == 2, "an existing dataset is not overwritten"
+    assert "already exists" in capsys.readouterr().err

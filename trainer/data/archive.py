@@ -43,7 +43,9 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def format(self) -> str:
-        head = f"Imported {len(self.images)} images and {len(self.captions)} captions into {self.dataset_dir}"
+        images, captions = len(self.images), len(self.captions)
+        head = (f"Imported {images} image{'s' * (images != 1)} and {captions} caption{'s' * (captions != 1)} "
+                f"into {self.dataset_dir}")
         lines = [head]
         lines += [f"  skipped {name}: {reason}" for name, reason in self.skipped]
         return "\n".join(lines)

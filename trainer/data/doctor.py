@@ -105,7 +105,7 @@ def doctor(path: str | Path | None = None, config=None, tokenizer="auto",
     resolution = resolution or data.resolution or default_resolution(config.model.base_model)
     sizes = _check_images(found, report, data, resolution)
     _check_duplicates(report, sizes)
-    if tokenizer == "auto":
+    if isinstance(tokenizer, str) and tokenizer == "auto":
         tokenizer = load_tokenizer(config.model, report)
     _check_captions(found, report, data, tokenizer)
     _check_files(found, report, data.skip_bad_images)
