@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from data_files import truncated_png, write_image
@@ -47,6 +48,9 @@ def test_buckets_flips_and_disk_caches_in_the_example_set(tmp_path, base):
     assert len(latent_files) == 6 and len(cache_files(tmp_path / "cache" / "text")) == 3, "3 images x 2 flips"
     for mean, flipped in latents_of(first).values():
         assert not torch.equal(mean, flipped)
+    rng, example = np.random.default_rng(0), first.examples[0]
+    mirrored = sum(first._oriented(example, rng).latent_mean is example.flipped_mean for _ in range(40))
+    assert 8 < mirrored < 32, "each step trains either side, chosen by the step's seeded rng"
 
     again = latents_of(build())
     for name, (mean, flipped) in latents_of(first).items():

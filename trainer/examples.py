@@ -12,6 +12,8 @@ embeddings are also kept on disk, keyed by content (trainer/data/cache.py), and 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
 from dataclasses import dataclass
 
@@ -76,14 +78,11 @@ class ExampleSet:
     def batch(self, ids: list[int], rng: np.random.Generator,
               text_fn=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], ImageSizes]:
         """Latents drawn from the cached distributions, the text conditioning, and the image geometry."""
-        chosen = [self.examples[i] for i in ids]
-        flips = [bool(self.data.flip and rng.random() < 0.5) for _ in chosen]
-        stats = [(ex.flipped_mean, ex.flipped_std) if flip else (ex.latent_mean, ex.latent_std)
-                 for ex, flip in zip(chosen, flips, strict=True)]
-        mean = torch.stack([m for m, _ in stats]).to(self.device)
-        std = torch.stack([s for _, s in stats]).to(self.device)
+        chosen = [self._oriented(self.examples[i], rng) for i in ids]
+        mean = torch.stack([ex.latent_mean for ex in chosen]).to(self.device)
+        std = torch.stack([ex.latent_std for ex in chosen]).to(self.device)
         latents = mean + std * torch.randn(mean.shape, device=self.device, dtype=mean.dtype)
-        captions = [build_caption(ex.caption, self.data, rng) for ex in chosen]
+        captions = [self._caption_for_step(ex.caption, rng) for ex in chosen]
         if text_fn is not None:
             text = text_fn(captions)
         elif self.text_cache is not None:
@@ -93,6 +92,12 @@ class ExampleSet:
         sizes = ImageSizes([ex.original_size for ex in chosen], [ex.crop_top_left for ex in chosen],
                            chosen[0].size[::-1])
         return latents, text, sizes
+
+    def _oriented(self, example: Example, rng: np.random.Generator) -> Example:
+        """The example as trained this step: mirrored half of the time when `data.flip` is on."""
+        if self.data.flip and rng.random() < 0.5:
+            return dataclasses.replace(example, latent_mean=example.flipped_mean, latent_std=example.flipped_std)
+        return example
 
     def _load(self, item: DatasetItem, size: tuple[int, int]) -> Example:
         image = open_image(item.image_path, background=self.data.background)
@@ -110,12 +115,8 @@ class ExampleSet:
         for example in self.examples:
             digest = file_sha256(example.item.image_path) if cache is not None else ""
             for flip in (False, True) if self.data.flip else (False,):
-                def encode(flip=flip, example=example):
-                    pixels = example.pixels.flip(-1) if flip else example.pixels
-                    dist = vae.encode(pixels.unsqueeze(0).to(self.device, vae.dtype)).latent_dist
-                    scale = vae.config.scaling_factor
-                    return {"mean": dist.mean[0].float() * scale, "std": dist.std[0].float() * scale}
-
+                pixels = example.pixels.flip(-1) if flip else example.pixels
+                encode = functools.partial(self._encode_pixels, vae, pixels)
                 key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id)
                 stats = cache.get_or_build(key, encode)[0] if cache is not None else encode()
                 mean, std = stats["mean"].to(self.device), stats["std"].to(self.device)
@@ -125,13 +126,19 @@ class ExampleSet:
                     example.latent_mean, example.latent_std = mean, std
             example.pixels = None
 
+    def _encode_pixels(self, vae, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        dist = vae.encode(pixels.unsqueeze(0).to(self.device, vae.dtype)).latent_dist
+        scale = vae.config.scaling_factor
+        return {"mean": dist.mean[0].float() * scale, "std": dist.std[0].float() * scale}
+
     def _encode_captions(self, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
         pipe, family = self.base.pipe, self.base.family
         if not self.data.cache_dir:
             encoded = family.encode_text(pipe, captions)
             return {c: {k: v[i:i + 1] for k, v in encoded.items()} for i, c in enumerate(captions)}
         cache = open_cache(self.data.cache_dir, "text")
-        encoder_id = module_identity(*(getattr(pipe, n) for n in family.text_encoder_names), pipe.tokenizer)
+        encoder_id = module_identity(*(getattr(pipe, n) for n in family.text_encoder_names), pipe.tokenizer,
+                                     getattr(pipe, "tokenizer_2", None))
         keys = {c: text_key(c, encoder_id) for c in captions}
         found = {c: cache.get(keys[c]) for c in captions}
         missing = [c for c in captions if found[c] is None]
@@ -141,3 +148,7 @@ class ExampleSet:
                 found[c] = {k: v[i:i + 1] for k, v in encoded.items()}
                 cache.put(keys[c], found[c])
         return {c: {k: v.to(self.device) for k, v in found[c].items()} for c in captions}
+
+    def _caption_for_step(self, caption: str, rng: np.random.Generator) -> str:
+        """Tag shuffle and caption dropout of `data` (the trigger word is already in `caption`)."""
+        return build_caption(caption, self.data, rng)
