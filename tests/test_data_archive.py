@@ -127,3 +127,21 @@ def test_import_dataset_command_uses_the_studio_home(tmp_home, capsys):
     assert f"Imported 1 image and 1 caption into {target}" in out and (target / "01.txt").is_file()
     assert main(["import-dataset", str(archive), "--name", "shapes"]) == 2, "an existing dataset is not overwritten"
     assert "already exists" in capsys.readouterr().err
+
+
+def test_merge_adds_files_and_never_overwrites(tmp_path):
+    datasets = tmp_path / "datasets"
+    import_archive(make_zip(tmp_path / "a.zip", [("01.png", png_bytes(1)), ("01.txt", "one")]), datasets, "set")
+    more = make_zip(tmp_path / "b.zip", [("sub/02.png", png_bytes(2)), ("sub/02.txt", "two")])
+    import_archive(more, datasets, "set", merge=True)
+    target = datasets / "set"
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == [
+        "01.png", "01.txt", "sub/02.png", "sub/02.txt"]
+    clash = make_zip(tmp_path / "c.zip", [("03.png", png_bytes(3)), ("01.txt", "replaced?")])
+    with pytest.raises(DatasetError, match="already has 01.txt"):
+        import_archive(clash, datasets, "set", merge=True)
+    assert (target / "01.txt").read_text() == "one" and not (target / "03.png").exists()
+    assert [p.name for p in datasets.iterdir()] == ["set"], "no staging folder left"
+    (datasets / "empty").mkdir()
+    import_archive(more, datasets, "empty")
+    assert (datasets / "empty" / "sub" / "02.png").is_file(), "an empty folder counts as new"

@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     importer.add_argument("--name", required=True, help="dataset name (the folder created)")
     importer.add_argument("--into",
                           help="datasets folder (default: $LORA_STUDIO_HOME/datasets, or ./datasets)")
+    importer.add_argument("--merge", action="store_true",
+                          help="add the files to an existing dataset (refused if any file is already there)")
     importer.set_defaults(handler=run_import)
 
 
@@ -79,7 +81,7 @@ def run_import(args: argparse.Namespace) -> int:
 
     home = os.environ.get("LORA_STUDIO_HOME")
     into = Path(args.into) if args.into else (Path(home) / "datasets" if home else Path("datasets"))
-    report = import_archive(args.archive, into, args.name)
+    report = import_archive(args.archive, into, args.name, merge=args.merge)
     print(report.format())
     print(f"Check it with: lora-studio doctor {report.dataset_dir}")
     return 0

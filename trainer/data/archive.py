@@ -52,16 +52,20 @@ class ImportReport:
 
 
 def import_archive(zip_path: str | Path, dest_root: str | Path, name: str, max_entries: int = MAX_ENTRIES,
-                   max_total_bytes: int = MAX_TOTAL_BYTES) -> ImportReport:
-    """Extract the images and captions of `zip_path` into `dest_root/name`; DatasetError refuses it."""
+                   max_total_bytes: int = MAX_TOTAL_BYTES, merge: bool = False) -> ImportReport:
+    """Extract the images and captions of `zip_path` into `dest_root/name`; DatasetError refuses it.
+
+    With `merge`, the files are added to an existing dataset; an archive that would overwrite any file
+    there is refused whole.
+    """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
     if not _NAME.match(name):
         raise DatasetError(f"is not a usable dataset name: {name!r}", where=str(zip_path),
                            fix="Use up to 100 letters, digits, '.', '-' or '_', first a letter or digit.")
     target = dest_root / name
-    if target.exists():
+    if target.exists() and not merge and any(target.iterdir()):
         raise DatasetError("already exists", where=str(target),
-                           fix="Choose another dataset name or delete the existing dataset first.")
+                           fix="Choose another dataset name, delete the existing dataset, or add to it (merge).")
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as err:
@@ -74,11 +78,28 @@ def import_archive(zip_path: str | Path, dest_root: str | Path, name: str, max_e
         staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=dest_root))
         try:
             _extract(archive, plan, staging, zip_path, max_total_bytes)
-            os.rename(staging, target)
+            _place(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return report
+
+
+def _place(staging: Path, target: Path) -> None:
+    """Rename the finished folder into place, or move its files into an existing one (never overwriting)."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    clashes = [str(rel) for rel in files if (target / rel).exists()]
+    if clashes:
+        shown = ", ".join(clashes[:5]) + (f" and {len(clashes) - 5} more" if len(clashes) > 5 else "")
+        raise DatasetError(f"already has {shown}", where=str(target),
+                           fix="Rename those files in the archive, or delete them from the dataset first.")
+    for rel in files:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staging / rel, target / rel)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int,
