@@ -207,6 +207,8 @@ def validate(config: TrainConfig) -> TrainConfig:
          f"got {c.data.resolution}")
     need(0 <= c.data.caption_dropout <= 1, f"data.caption_dropout must be in 0..1, got {c.data.caption_dropout}")
     need(c.data.keep_tokens >= 0, f"data.keep_tokens must be >= 0, got {c.data.keep_tokens}")
+    need(_is_colour(c.data.background),
+         f"data.background must be a colour like '#ffffff' or 'white', got {c.data.background!r}")
     need(1 <= c.network.rank <= 1024, f"network.rank must be 1..1024, got {c.network.rank}")
     need(c.network.alpha > 0, f"network.alpha must be > 0 (often equal to rank), got {c.network.alpha}")
     need(0 <= c.network.dropout < 1, f"network.dropout must be in 0..1, got {c.network.dropout}")
@@ -241,6 +243,16 @@ def validate(config: TrainConfig) -> TrainConfig:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _is_colour(value: str) -> bool:
+    from PIL import ImageColor
+
+    try:
+        ImageColor.getrgb(value)
+    except ValueError:
+        return False
+    return True
 
 
 def config_from_dict(data: dict[str, Any], where: str | None = None) -> TrainConfig:

@@ -32,6 +32,8 @@ class Started(Event):
     cached_text: bool
     cached_latents: bool
     num_images: int
+    skipped: list[str] = field(default_factory=list)
+    """Images the dataset doctor refused and `data.skip_bad_images` dropped."""
 
 
 @dataclass

@@ -6,17 +6,23 @@
 
 The VAE's latent distribution (mean and std) is cached per image, and a fresh latent is drawn from it every
 step with the global RNG, so caching changes neither the training signal nor the ability to resume exactly.
+Images are sized to their aspect-ratio bucket (`data.bucketing`); with `data.cache_dir` set, latents and text
+embeddings are also kept on disk, keyed by content (trainer/data/cache.py), and reused by later runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from trainer.config import DataConfig
-from trainer.data import DatasetItem, open_image, prepare_image
+from trainer.data import DatasetItem, add_trigger, assign_buckets, build_caption, open_image, prepare_image
+from trainer.data.cache import file_sha256, latent_key, module_identity, open_cache, text_key
 from trainer.models.families import ImageSizes
 
 
@@ -30,6 +36,8 @@ class Example:
     latent_mean: torch.Tensor | None = None
     latent_std: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
+    flipped_mean: torch.Tensor | None = None
+    flipped_std: torch.Tensor | None = None
 
 
 def captions_are_static(data: DataConfig) -> bool:
@@ -44,7 +52,9 @@ class ExampleSet:
         self.data = data
         self.device = device
         self.dtype = dtype
-        self.examples = [self._load(item, resolution) for item in items]
+        buckets = assign_buckets(items, resolution, enabled=data.bucketing)
+        size_of = {id(item): size for size, members in buckets.items() for item in members}
+        self.examples = [self._load(item, size_of[id(item)]) for item in items]
         self.index = [i for i, ex in enumerate(self.examples) for _ in range(ex.item.repeats)]
         self.text_cache: dict[str, dict[str, torch.Tensor]] | None = None
         self._encode_latents()
@@ -68,7 +78,7 @@ class ExampleSet:
     def batch(self, ids: list[int], rng: np.random.Generator,
               text_fn=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], ImageSizes]:
         """Latents drawn from the cached distributions, the text conditioning, and the image geometry."""
-        chosen = [self.examples[i] for i in ids]
+        chosen = [self._oriented(self.examples[i], rng) for i in ids]
         mean = torch.stack([ex.latent_mean for ex in chosen]).to(self.device)
         std = torch.stack([ex.latent_std for ex in chosen]).to(self.device)
         latents = mean + std * torch.randn(mean.shape, device=self.device, dtype=mean.dtype)
@@ -83,35 +93,62 @@ class ExampleSet:
                            chosen[0].size[::-1])
         return latents, text, sizes
 
-    def _load(self, item: DatasetItem, resolution: int) -> Example:
+    def _oriented(self, example: Example, rng: np.random.Generator) -> Example:
+        """The example as trained this step: mirrored half of the time when `data.flip` is on."""
+        if self.data.flip and rng.random() < 0.5:
+            return dataclasses.replace(example, latent_mean=example.flipped_mean, latent_std=example.flipped_std)
+        return example
+
+    def _load(self, item: DatasetItem, size: tuple[int, int]) -> Example:
         image = open_image(item.image_path, background=self.data.background)
-        pixels, crop = prepare_image(image, resolution, resolution, random_crop=False)
-        caption = item.caption
-        trigger = self.data.trigger_word.strip()
-        if trigger and trigger not in caption:
-            caption = f"{trigger}, {caption}" if caption else trigger
-        return Example(item, caption, (resolution, resolution), (image.height, image.width), crop, pixels=pixels)
+        # Latents are encoded once, so a random crop is drawn once per image, seeded by its path.
+        crop_rng = random.Random(str(item.image_path)) if self.data.random_crop else None
+        pixels, crop = prepare_image(image, size[0], size[1], random_crop=self.data.random_crop, rng=crop_rng)
+        caption = add_trigger(item.caption, self.data.trigger_word)
+        return Example(item, caption, size, (image.height, image.width), crop, pixels=pixels)
 
     @torch.no_grad()
     def _encode_latents(self) -> None:
         vae = self.base.pipe.vae
+        cache = open_cache(self.data.cache_dir, "latents") if self.data.cache_dir else None
+        vae_id = module_identity(vae) if cache is not None else ""
         for example in self.examples:
-            pixels = example.pixels.unsqueeze(0).to(self.device, vae.dtype)
-            dist = vae.encode(pixels).latent_dist
-            example.latent_mean = dist.mean[0].float() * vae.config.scaling_factor
-            example.latent_std = dist.std[0].float() * vae.config.scaling_factor
+            digest = file_sha256(example.item.image_path) if cache is not None else ""
+            for flip in (False, True) if self.data.flip else (False,):
+                pixels = example.pixels.flip(-1) if flip else example.pixels
+                encode = functools.partial(self._encode_pixels, vae, pixels)
+                key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id)
+                stats = cache.get_or_build(key, encode)[0] if cache is not None else encode()
+                mean, std = stats["mean"].to(self.device), stats["std"].to(self.device)
+                if flip:
+                    example.flipped_mean, example.flipped_std = mean, std
+                else:
+                    example.latent_mean, example.latent_std = mean, std
             example.pixels = None
 
+    def _encode_pixels(self, vae, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        dist = vae.encode(pixels.unsqueeze(0).to(self.device, vae.dtype)).latent_dist
+        scale = vae.config.scaling_factor
+        return {"mean": dist.mean[0].float() * scale, "std": dist.std[0].float() * scale}
+
     def _encode_captions(self, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-        encoded = self.base.family.encode_text(self.base.pipe, captions)
-        return {c: {k: v[i:i + 1] for k, v in encoded.items()} for i, c in enumerate(captions)}
+        pipe, family = self.base.pipe, self.base.family
+        if not self.data.cache_dir:
+            encoded = family.encode_text(pipe, captions)
+            return {c: {k: v[i:i + 1] for k, v in encoded.items()} for i, c in enumerate(captions)}
+        cache = open_cache(self.data.cache_dir, "text")
+        encoder_id = module_identity(*(getattr(pipe, n) for n in family.text_encoder_names), pipe.tokenizer,
+                                     getattr(pipe, "tokenizer_2", None))
+        keys = {c: text_key(c, encoder_id) for c in captions}
+        found = {c: cache.get(keys[c]) for c in captions}
+        missing = [c for c in captions if found[c] is None]
+        if missing:
+            encoded = family.encode_text(pipe, missing)
+            for i, c in enumerate(missing):
+                found[c] = {k: v[i:i + 1] for k, v in encoded.items()}
+                cache.put(keys[c], found[c])
+        return {c: {k: v.to(self.device) for k, v in found[c].items()} for c in captions}
 
     def _caption_for_step(self, caption: str, rng: np.random.Generator) -> str:
-        if self.data.caption_dropout and rng.random() < self.data.caption_dropout:
-            return ""
-        if self.data.shuffle_tags:
-            tags = [t.strip() for t in caption.split(",")]
-            keep, rest = tags[: self.data.keep_tokens], tags[self.data.keep_tokens:]
-            rng.shuffle(rest)
-            caption = ", ".join(keep + rest)
-        return caption
+        """Tag shuffle and caption dropout of `data` (the trigger word is already in `caption`)."""
+        return build_caption(caption, self.data, rng)

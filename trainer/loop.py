@@ -26,7 +26,7 @@ from diffusers.training_utils import compute_snr
 
 from trainer import checkpoint as ckpt
 from trainer.config import TrainConfig, save_config, validate
-from trainer.data import scan_dataset
+from trainer.data import check_dataset
 from trainer.errors import StudioError, TrainingError
 from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started
 from trainer.examples import ExampleSet, captions_are_static
@@ -78,8 +78,8 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
 
 def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Result:
     cfg = config.train
-    # Find the data before any model loads, so a wrong path fails in a second.
-    items = scan_dataset(config.data)
+    # Check the data before any model loads: the doctor's errors stop the run here, with its report.
+    items, report = check_dataset(config)
     set_seed(cfg.seed)
 
     # The frozen base model with trainable LoRA layers; frozen weights in the compute dtype.
@@ -132,7 +132,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         save_config(config, Path(config.export.output_dir) / "config.toml")
     emit(Started(total_steps=cfg.steps, start_step=step, device=str(accelerator.device),
                  mixed_precision=accelerator.mixed_precision, cached_text=cache_text, cached_latents=True,
-                 num_images=len(items)))
+                 num_images=len(items), skipped=[str(p) for p in report.skipped]))
 
     # The loop: one optimizer step per pass (after gradient accumulation), events, samples, checkpoints.
     world, rank = accelerator.num_processes, accelerator.process_index

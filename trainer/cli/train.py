@@ -24,6 +24,7 @@ FLAG_FIELDS = {
     "seed": "train.seed",
     "save_every": "train.save_every",
     "trigger_word": "data.trigger_word",
+    "skip_bad_images": "data.skip_bad_images",
 }
 
 
@@ -44,6 +45,8 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--save-every", type=int, help="checkpoint every N steps")
     parser.add_argument("--trigger-word")
+    parser.add_argument("--skip-bad-images", action="store_true", default=None,
+                        help="drop images the dataset doctor refuses (and list them) instead of stopping")
     parser.add_argument("--resume", metavar="DIR", help="resume from a run folder's newest checkpoint")
     parser.set_defaults(handler=run)
 
@@ -91,6 +94,8 @@ class ProgressPrinter:
             print(f"training on {event.device} ({event.mixed_precision}), {event.num_images} images, "
                   f"text cache {'on' if event.cached_text else 'off (captions change per step)'}",
                   file=sys.stderr)
+            for path in event.skipped:
+                print(f"skipped (data.skip_bad_images): {path}", file=sys.stderr)
             self.bar = self._tqdm(total=event.total_steps, initial=event.start_step, unit="step",
                                   dynamic_ncols=True)
         elif isinstance(event, Progress) and self.bar is not None:

@@ -1,0 +1,90 @@
+"""The data package inside training: the doctor gates `lora-studio train`, buckets and disk caches in the loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from data_files import truncated_png, write_image
+
+from trainer.config import DataConfig, TrainConfig
+from trainer.data import scan_dataset
+from trainer.examples import ExampleSet
+
+
+@pytest.fixture(scope="module")
+def base():
+    from trainer.models import load_base
+
+    return load_base(TrainConfig().model)
+
+
+def latents_of(examples: ExampleSet) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {ex.item.image_path.name: (ex.latent_mean, ex.flipped_mean) for ex in examples.examples}
+
+
+def cache_files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*.safetensors"))
+
+
+def test_buckets_flips_and_disk_caches_in_the_example_set(tmp_path, base):
+    root = tmp_path / "ds"
+    write_image(root / "wide.png", 192, 64, seed=1, caption="a wide red stripe")
+    write_image(root / "tall.png", 64, 192, seed=2, caption="a tall blue stripe")
+    write_image(root / "square.png", 128, 128, seed=3, caption="a green square")
+    data = DataConfig(path=str(root), cache_dir=str(tmp_path / "cache"), flip=True)
+
+    def build():
+        return ExampleSet(base, scan_dataset(data), data, 128, torch.device("cpu"), torch.float32, cache_text=True)
+
+    first = build()
+    assert {ex.item.image_path.name: ex.size for ex in first.examples} == {
+        "wide.png": (192, 64), "tall.png": (64, 192), "square.png": (128, 128)}
+    for ex in first.examples:
+        assert tuple(ex.latent_mean.shape[-2:]) == (ex.size[1] // 8, ex.size[0] // 8)
+    latent_files = cache_files(tmp_path / "cache" / "latents")
+    assert len(latent_files) == 6 and len(cache_files(tmp_path / "cache" / "text")) == 3, "3 images x 2 flips"
+    for mean, flipped in latents_of(first).values():
+        assert not torch.equal(mean, flipped)
+    rng, example = np.random.default_rng(0), first.examples[0]
+    mirrored = sum(first._oriented(example, rng).latent_mean is example.flipped_mean for _ in range(40))
+    assert 8 < mirrored < 32, "each step trains either side, chosen by the step's seeded rng"
+
+    again = latents_of(build())
+    for name, (mean, flipped) in latents_of(first).items():
+        assert torch.equal(again[name][0], mean) and torch.equal(again[name][1], flipped), name
+    assert cache_files(tmp_path / "cache" / "latents") == latent_files, "a second run only reads"
+
+    write_image(root / "tall.png", 64, 192, seed=22)  # edit one image: exactly its two entries are new
+    edited = latents_of(build())
+    assert len(cache_files(tmp_path / "cache" / "latents") - latent_files) == 2
+    assert torch.equal(edited["wide.png"][0], again["wide.png"][0])
+    assert not torch.equal(edited["tall.png"][0], again["tall.png"][0])
+
+    victim = sorted(latent_files)[0]
+    victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")  # a damaged cache file is rebuilt, not trusted
+    repaired = latents_of(build())
+    assert victim.exists()
+    for name in repaired:
+        assert torch.equal(repaired[name][0], edited[name][0]) and torch.equal(repaired[name][1], edited[name][1])
+
+
+def test_train_refuses_a_bad_dataset_and_writes_nothing_then_skips(tmp_path, capsys):
+    from trainer.cli import main
+
+    root = tmp_path / "ds"
+    write_image(root / "ok.png", 64, 64, seed=2, caption="a green square")
+    truncated_png(root / "broken.png")
+    out = tmp_path / "out"
+    args = ["train", "--data", str(root), "--output", str(out), "--steps", "1", "--resolution", "64"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "broken.png is not a readable image (truncated PNG" in err and "REFUSED" in err
+    assert "--skip-bad-images" in err and not out.exists()
+
+    assert main([*args, "--skip-bad-images"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped (data.skip_bad_images): {root / 'broken.png'}" in err
+    assert (out / "lora.safetensors").is_file() and (out / "lora.peft.safetensors").is_file()

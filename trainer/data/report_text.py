@@ -1,0 +1,63 @@
+"""The dataset doctor's report as text for a terminal or a log: grouped by check, errors first.
+
+    print(format_report(report))
+"""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+_TITLES = {"error": "ERRORS (training is refused)", "warning": "WARNINGS", "note": "NOTES"}
+
+
+def format_report(report, limit: int = 20) -> str:
+    """Every finding grouped by level and check (at most `limit` files per check), then the summary."""
+    lines = [f"Dataset doctor: {report.root}"]
+    for level in ("error", "warning", "note"):
+        found = [f for f in report.findings if f.level == level]
+        if not found:
+            continue
+        lines.append(f"{_TITLES[level]}: {len(found)}")
+        found.sort(key=lambda f: f.code)
+        for code, group in groupby(found, key=lambda f: f.code):
+            group = list(group)
+            same_fix = len({f.fix for f in group}) == 1
+            lines.append(f"  [{code}] {len(group)} file{'s' if len(group) > 1 else ''}")
+            for finding in group[:limit]:
+                fix = "" if same_fix or not finding.fix else f" {finding.fix}"
+                lines.append(f"    {finding.path} {finding.message}.{fix}")
+            if len(group) > limit:
+                lines.append(f"    ... and {len(group) - limit} more")
+            if same_fix and group[0].fix:
+                lines.append(f"    fix: {group[0].fix}")
+    lines += _summary_lines(report.summary)
+    verdict = "OK" if report.ok else "REFUSED"
+    counts = [_count(len(report.errors), "error"), _count(len(report.warnings), "warning")]
+    if report.skipped:
+        counts.append(_count(len(report.skipped), "file") + " skipped")
+    lines.append(f"Result: {verdict}: {', '.join(counts)}")
+    return "\n".join(lines)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _summary_lines(summary: dict) -> list[str]:
+    if not summary:
+        return []
+    concepts = ", ".join(f"{name or '(root)'}: {c['images']} images x {c['repeats']}"
+                         for name, c in summary["concepts"].items())
+    buckets = ", ".join(f"{size}: {count}" for size, count in summary["buckets"].items()) or "none"
+    limit = summary["token_limit"]
+    return [
+        "Summary",
+        f"  images: {summary['images']} ({concepts})",
+        f"  samples per epoch (images x repeats): {summary['samples_per_epoch']}",
+        f"  steps per epoch at batch size {summary['batch_size']}: {summary['steps_per_epoch']}"
+        f" ({summary['epochs']} epochs in the configured steps)",
+        f"  buckets at {summary['resolution']} px{'' if summary['bucketing'] else ' (bucketing off)'}:"
+        f" {buckets}",
+        f"  captions: {summary['captions']}",
+        f"  caption length: {'checked against ' + str(limit) + ' tokens' if limit else 'not checked'}",
+    ]
