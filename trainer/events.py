@@ -32,6 +32,9 @@ class Started(Event):
     cached_text: bool
     cached_latents: bool
     num_images: int
+    num_processes: int = 1
+    log_dir: str = ""
+    """TensorBoard event files of this run (`tensorboard --logdir …`); empty when logging is off."""
 
 
 @dataclass
