@@ -24,6 +24,7 @@ FLAG_FIELDS = {
     "seed": "train.seed",
     "save_every": "train.save_every",
     "trigger_word": "data.trigger_word",
+    "num_processes": "train.num_processes",
 }
 
 
@@ -45,6 +46,14 @@ def register(subparsers) -> None:
     parser.add_argument("--save-every", type=int, help="checkpoint every N steps")
     parser.add_argument("--trigger-word")
     parser.add_argument("--resume", metavar="DIR", help="resume from a run folder's newest checkpoint")
+    parser.add_argument("--num-processes", type=int, metavar="N",
+                        help="train on N processes (GPUs; CPU processes without a GPU) through accelerate")
+    parser.add_argument("--gpus", metavar="IDS", help="GPU ids to train on, like 0,1 (implies --num-processes)")
+    parser.add_argument("--workdir", metavar="DIR", help="folder for checkpoints, samples and logs "
+                        "(default: the output folder, or the --resume folder)")
+    parser.add_argument("--events", metavar="FILE", help="also append every event to FILE as a JSON line")
+    parser.add_argument("--stop-file", metavar="FILE",
+                        help="stop gracefully (checkpoint, then exit) once FILE exists; SIGTERM does the same")
     parser.set_defaults(handler=run)
 
     show = subparsers.add_parser("config", help="print the default config (or a file's, completed) as TOML")
@@ -58,16 +67,70 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.loop import train
+    from trainer import distributed
 
     config = load_config(args.config, overrides_from_args(args))
+    workdir = args.workdir or args.resume or None
+    if (config.train.num_processes > 1 or args.gpus) and not distributed.in_launched_process():
+        return _relaunch(config, args, workdir)
+    from trainer.loop import train
+
     bar = ProgressPrinter()
-    result = train(config, on_event=bar, resume_from=args.resume,
-                   workdir=args.resume or None)
+    sinks = [bar] + ([EventFile(args.events)] if args.events else [])
+    stop = StopFlag(args.stop_file)
+    result = train(config, on_event=lambda event: [sink(event) for sink in sinks], should_stop=stop,
+                   resume_from=args.resume, workdir=workdir)
     bar.close()
     for path in result.outputs:
         print(path)
     return 0
+
+
+def _relaunch(config, args: argparse.Namespace, workdir: str | None) -> int:
+    """Start N copies of this command through accelerate, with the config (flags applied) in a file."""
+    import tempfile
+    from pathlib import Path
+
+    from trainer import distributed
+    from trainer.config import save_config
+
+    with tempfile.TemporaryDirectory(prefix="lora-studio-launch-") as folder:
+        config_path = save_config(config, Path(folder) / "config.toml")
+        return distributed.launch_train(config_path, config.train.num_processes, gpus=args.gpus,
+                                        resume_from=args.resume, workdir=workdir, events_path=args.events,
+                                        stop_file=args.stop_file)
+
+
+class EventFile:
+    """Appends each event as one JSON line and flushes, so a launcher's caller can follow a distributed run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, event: Event) -> None:
+        import json
+
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(event.to_dict()) + "\n")
+
+
+class StopFlag:
+    """`should_stop` for the loop: a stop file appeared, or SIGTERM arrived (`docker stop`, the launcher)."""
+
+    def __init__(self, stop_file: str | None) -> None:
+        import signal
+
+        self.stop_file = stop_file
+        self.terminated = False
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        self.terminated = True
+
+    def __call__(self) -> bool:
+        import os
+
+        return self.terminated or bool(self.stop_file and os.path.exists(self.stop_file))
 
 
 def print_config(args: argparse.Namespace) -> int:
