@@ -133,3 +133,27 @@ def test_per_example_noise_does_not_depend_on_the_rank_split():
     assert torch.equal(draws[1], torch.randn(3, generator=split[1][0]))
     assert torch.equal(draws[2], torch.randn(3, generator=split[0][1]))
     assert not torch.equal(draws[0], draws[1])
+
+
+def test_documented_two_machine_commands_give_accelerate_a_two_node_world():
+    """The README's 2-machine example, parsed by accelerate's own launcher (one machine cannot be two)."""
+    import re
+    import shlex
+
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    with open(os.path.join(ROOT, "docs", "sections", "gpu.md"), encoding="utf-8") as handle:
+        text = handle.read().replace("\\\n", " ")
+    commands = [shlex.split(line) for line in text.splitlines()
+                if re.match(r"\s*accelerate launch .*--num_machines 2", line)]
+    assert len(commands) == 2
+    for rank, argv in enumerate(commands):
+        assert argv[:2] == ["accelerate", "launch"]
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(argv[2:]))
+        assert (args.num_machines, int(args.machine_rank), args.num_processes) == (2, rank, 8)
+        assert args.multi_gpu and args.module and args.training_script == "trainer.cli"
+        assert args.training_script_args[:3] == ["train", "--config", "run.toml"]
+    prepare_multi_gpu_env(args)  # machine 1: the torch.distributed.run arguments it would start
+    assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "4")
+    assert args.rdzv_endpoint == "10.0.0.1:29500"
