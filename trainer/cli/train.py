@@ -77,9 +77,13 @@ def run(args: argparse.Namespace) -> int:
 
     bar = ProgressPrinter()
     sinks = [bar] + ([EventFile(args.events)] if args.events else [])
-    stop = StopFlag(args.stop_file)
-    result = train(config, on_event=lambda event: [sink(event) for sink in sinks], should_stop=stop,
-                   resume_from=args.resume, workdir=workdir)
+
+    def on_event(event: Event) -> None:
+        for sink in sinks:
+            sink(event)
+
+    result = train(config, on_event=on_event, should_stop=StopFlag(args.stop_file), resume_from=args.resume,
+                   workdir=workdir)
     bar.close()
     for path in result.outputs:
         print(path)
@@ -102,16 +106,23 @@ def _relaunch(config, args: argparse.Namespace, workdir: str | None) -> int:
 
 
 class EventFile:
-    """Appends each event as one JSON line and flushes, so a launcher's caller can follow a distributed run."""
+    """Appends each event as one JSON line (one `write`, so a reader never sees half of one), so a launcher's
+    caller, such as the job runner, can follow a distributed run. NaN becomes null: JSON has no NaN."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
     def __call__(self, event: Event) -> None:
         import json
+        import math
+        import os
 
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(event.to_dict()) + "\n")
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in event.to_dict().items()}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record, default=str) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
 
 
 class StopFlag:
