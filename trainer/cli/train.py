@@ -162,9 +162,12 @@ class ProgressPrinter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Started):
-            print(f"training on {event.device} ({event.mixed_precision}), {event.num_images} images, "
+            where = f"{event.num_processes} processes" if event.num_processes > 1 else event.device
+            print(f"training on {where} ({event.mixed_precision}), {event.num_images} images, "
                   f"text cache {'on' if event.cached_text else 'off (captions change per step)'}",
                   file=sys.stderr)
+            if event.log_dir:
+                print(f"TensorBoard: tensorboard --logdir {event.log_dir}", file=sys.stderr)
             self.bar = self._tqdm(total=event.total_steps, initial=event.start_step, unit="step",
                                   dynamic_ncols=True)
         elif isinstance(event, Progress) and self.bar is not None:
