@@ -122,8 +122,8 @@ def read_state(checkpoint: str | Path) -> TrainerState:
     return TrainerState(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) -> TrainerState:
-    """Restore optimizer, scheduler, RNG and LoRA state; refuse with a diff if the config changed incompatibly."""
+def check_resumable(checkpoint: str | Path, config: TrainConfig) -> TrainerState:
+    """The checkpoint's state; refuses with a diff if the config changed in a way resuming cannot absorb."""
     state = read_state(checkpoint)
     changes = resume_breaking_changes(state.config, config.to_dict())
     if changes:
@@ -133,6 +133,12 @@ def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) ->
             where=str(checkpoint),
             fix="Resume with the run's own config.toml, or start a new run.",
         )
+    return state
+
+
+def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) -> TrainerState:
+    """Restore optimizer, scheduler, RNG and LoRA state; refuse with a diff if the config changed incompatibly."""
+    state = check_resumable(checkpoint, config)
     accelerator.load_state(str(checkpoint))
     return state
 

@@ -86,6 +86,10 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     cfg = config.train
     # Find the data before any model loads, so a wrong path fails in a second.
     items = scan_dataset(config.data)
+    # Likewise a checkpoint this config cannot resume (another world size, another rank…).
+    resume_at = ckpt.resolve_resume(resume_from) if resume_from is not None else None
+    if resume_at is not None:
+        ckpt.check_resumable(resume_at, config)
     set_seed(cfg.seed)
 
     # The frozen base model with trainable LoRA layers; frozen weights in the compute dtype.
@@ -127,11 +131,9 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
     # Resume: the newest complete checkpoint restores weights, optimizer, schedule, RNG and data position.
     step, micro_step = 0, 0
-    if resume_from is not None:
-        found = ckpt.resolve_resume(resume_from)
-        if found is not None:
-            state = ckpt.load_checkpoint(accelerator, found, config)
-            step, micro_step = state.step, state.micro_step
+    if resume_at is not None:
+        state = ckpt.load_checkpoint(accelerator, resume_at, config)
+        step, micro_step = state.step, state.micro_step
 
     if accelerator.is_main_process:
         Path(config.export.output_dir).mkdir(parents=True, exist_ok=True)
