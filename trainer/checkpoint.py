@@ -28,8 +28,14 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # Settings that may change between a run and its resumption; any other change breaks resuming.
-RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_last", "sample.", "export.",
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_last", "train.log_with", "sample.", "export.",
                      "data.cache_dir", "data.skip_bad_images", "model.allow_pickle")
+# Why some settings cannot change, said next to the change.
+BREAKING_REASONS = {
+    "train.num_processes": "the data order, the global batch and the learning-rate schedule are laid out for "
+                           "the number of processes: resume with the same number (lora-studio train "
+                           "--num-processes N, or accelerate launch --num_processes N)",
+}
 
 
 @dataclass
@@ -45,27 +51,44 @@ def checkpoints_dir(workdir: str | Path) -> Path:
 
 
 def save_checkpoint(accelerator, workdir: str | Path, state: TrainerState, keep_last: int) -> Path:
-    """Write `checkpoints/step-N` atomically (temp folder, fsync, rename, marker) and prune old ones."""
+    """Write `checkpoints/step-N` atomically (temp folder, fsync, rename, marker) and prune old ones.
+
+    Call it on every rank: accelerate's `save_state` writes each rank's RNG state (the rest on the main
+    process only), then the main process alone renames, marks and prunes.
+    """
     root = checkpoints_dir(workdir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
-    tmp = root / f".step-{state.step}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = root / f".step-{state.step}.tmp"  # one name on every rank
+    main = accelerator.is_main_process
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp), safe_serialization=True)
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        (final / MARKER).write_text(str(state.step), encoding="utf-8")
-        _fsync_tree(final)
-        fsync_dir(root)
+        accelerator.wait_for_everyone()
+        if main:
+            _complete(tmp, final, state)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise disk_error(err, tmp) from err
-    _prune(root, keep_last)
+    accelerator.wait_for_everyone()
+    if main:
+        _prune(root, keep_last)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # a node without shared storage: only its own RNG file is here
     return final
+
+
+def _complete(tmp: Path, final: Path, state: TrainerState) -> None:
+    (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+    _fsync_tree(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    (final / MARKER).write_text(str(state.step), encoding="utf-8")
+    _fsync_tree(final)
+    fsync_dir(final.parent)
 
 
 def latest_checkpoint(workdir: str | Path) -> Path | None:
@@ -99,8 +122,8 @@ def read_state(checkpoint: str | Path) -> TrainerState:
     return TrainerState(**json.loads(path.read_text(encoding="utf-8")))
 
 
-def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) -> TrainerState:
-    """Restore optimizer, scheduler, RNG and LoRA state; refuse with a diff if the config changed incompatibly."""
+def check_resumable(checkpoint: str | Path, config: TrainConfig) -> TrainerState:
+    """The checkpoint's state; refuses with a diff if the config changed in a way resuming cannot absorb."""
     state = read_state(checkpoint)
     changes = resume_breaking_changes(state.config, config.to_dict())
     if changes:
@@ -110,6 +133,12 @@ def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) ->
             where=str(checkpoint),
             fix="Resume with the run's own config.toml, or start a new run.",
         )
+    return state
+
+
+def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) -> TrainerState:
+    """Restore optimizer, scheduler, RNG and LoRA state; refuse with a diff if the config changed incompatibly."""
+    state = check_resumable(checkpoint, config)
     accelerator.load_state(str(checkpoint))
     return state
 
@@ -123,7 +152,8 @@ def resume_breaking_changes(saved: dict, current: dict) -> list[str]:
                 changes.append(f"{key}: {old!r} -> {new!r} (the {current['optim']['lr_scheduler']} "
                                "schedule depends on the total steps)")
             continue
-        changes.append(f"{key}: {old!r} -> {new!r}")
+        reason = f" ({BREAKING_REASONS[key]})" if key in BREAKING_REASONS else ""
+        changes.append(f"{key}: {old!r} -> {new!r}{reason}")
     return changes
 
 

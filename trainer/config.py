@@ -137,6 +137,9 @@ class TrainingConfig:
     """Complete checkpoints to keep; older ones are pruned after a new one is complete."""
     num_processes: int = 1
     """Processes (GPUs) to train on; more than 1 launches through accelerate."""
+    log_with: str = "auto"
+    """Where loss, learning rate and samples are logged: `auto` (TensorBoard when installed), `tensorboard`,
+    `wandb` (opt-in) or `none`. TensorBoard files go to `<run folder>/logs/<name>/`."""
 
 
 @dataclass
@@ -232,6 +235,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.train.save_every >= 0, f"train.save_every must be >= 0 (0: only on stop), got {c.train.save_every}")
     need(c.train.keep_last >= 1, f"train.keep_last must be >= 1, got {c.train.keep_last}")
     need(c.train.num_processes >= 1, f"train.num_processes must be >= 1, got {c.train.num_processes}")
+    need(c.train.log_with in ("auto", "tensorboard", "wandb", "none"),
+         f"train.log_with must be auto, tensorboard, wandb or none, got {c.train.log_with!r}")
     need(c.sample.every_n_steps >= 0, f"sample.every_n_steps must be >= 0, got {c.sample.every_n_steps}")
     need(1 <= c.sample.steps <= 200, f"sample.steps must be 1..200, got {c.sample.steps}")
     need(bool(c.export.name.strip()) and all(ch.isalnum() or ch in "-_." for ch in c.export.name)

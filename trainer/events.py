@@ -34,6 +34,9 @@ class Started(Event):
     num_images: int
     skipped: list[str] = field(default_factory=list)
     """Images the dataset doctor refused and `data.skip_bad_images` dropped."""
+    num_processes: int = 1
+    log_dir: str = ""
+    """TensorBoard event files of this run (`tensorboard --logdir …`); empty when logging is off."""
 
 
 @dataclass

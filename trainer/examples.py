@@ -75,13 +75,21 @@ class ExampleSet:
         shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed * 7 + epoch))
         return [batches[i] for i in shuffle.tolist()]
 
-    def batch(self, ids: list[int], rng: np.random.Generator,
-              text_fn=None) -> tuple[torch.Tensor, dict[str, torch.Tensor], ImageSizes]:
-        """Latents drawn from the cached distributions, the text conditioning, and the image geometry."""
+    def batch(self, ids: list[int], rng: np.random.Generator, text_fn=None,
+              generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor],
+                                                                        ImageSizes]:
+        """Latents drawn from the cached distributions, the text conditioning, and the image geometry.
+
+        `generators` (one per example) draw the latents; without them the global RNG does.
+        """
         chosen = [self._oriented(self.examples[i], rng) for i in ids]
         mean = torch.stack([ex.latent_mean for ex in chosen]).to(self.device)
         std = torch.stack([ex.latent_std for ex in chosen]).to(self.device)
-        latents = mean + std * torch.randn(mean.shape, device=self.device, dtype=mean.dtype)
+        if generators is None:
+            draw = torch.randn(mean.shape, device=self.device, dtype=mean.dtype)
+        else:
+            draw = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in generators])
+        latents = mean + std * draw.to(self.device, mean.dtype)
         captions = [self._caption_for_step(ex.caption, rng) for ex in chosen]
         if text_fn is not None:
             text = text_fn(captions)

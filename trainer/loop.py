@@ -25,6 +25,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
 from trainer import checkpoint as ckpt
+from trainer import distributed as dist
+from trainer import tracking
 from trainer.config import TrainConfig, save_config, validate
 from trainer.data import check_dataset
 from trainer.errors import StudioError, TrainingError
@@ -58,7 +60,11 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
     should_stop = should_stop or (lambda: False)
     workdir = Path(workdir or config.export.output_dir)
     accelerator = Accelerator(mixed_precision=choose_mixed_precision(config.train.mixed_precision),
-                              gradient_accumulation_steps=config.train.gradient_accumulation_steps)
+                              gradient_accumulation_steps=config.train.gradient_accumulation_steps,
+                              **dist.accelerator_kwargs(), **tracking.tracker_kwargs(config, workdir))
+    dist.check_world(accelerator)
+    # The world size is what accelerate launched, whatever the file said: it is saved and checked on resume.
+    config = dist.with_world_size(config, accelerator.num_processes)
 
     def emit(event: Event) -> None:
         if on_event is not None and accelerator.is_main_process:
@@ -80,6 +86,10 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     cfg = config.train
     # Check the data before any model loads: the doctor's errors stop the run here, with its report.
     items, report = check_dataset(config)
+    # Likewise a checkpoint this config cannot resume (another world size, another rank…).
+    resume_at = ckpt.resolve_resume(resume_from) if resume_from is not None else None
+    if resume_at is not None:
+        ckpt.check_resumable(resume_at, config)
     set_seed(cfg.seed)
 
     # The frozen base model with trainable LoRA layers; frozen weights in the compute dtype.
@@ -121,33 +131,38 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
     # Resume: the newest complete checkpoint restores weights, optimizer, schedule, RNG and data position.
     step, micro_step = 0, 0
-    if resume_from is not None:
-        found = ckpt.resolve_resume(resume_from)
-        if found is not None:
-            state = ckpt.load_checkpoint(accelerator, found, config)
-            step, micro_step = state.step, state.micro_step
+    if resume_at is not None:
+        state = ckpt.load_checkpoint(accelerator, resume_at, config)
+        step, micro_step = state.step, state.micro_step
 
     if accelerator.is_main_process:
         Path(config.export.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(config, Path(config.export.output_dir) / "config.toml")
+    tracking.start_tracking(accelerator, config)
     emit(Started(total_steps=cfg.steps, start_step=step, device=str(accelerator.device),
                  mixed_precision=accelerator.mixed_precision, cached_text=cache_text, cached_latents=True,
-                 num_images=len(items), skipped=[str(p) for p in report.skipped]))
+                 num_images=len(items), skipped=[str(p) for p in report.skipped],
+                 num_processes=accelerator.num_processes,
+                 log_dir=tracking.run_log_dir(accelerator, config)))
 
     # The loop: one optimizer step per pass (after gradient accumulation), events, samples, checkpoints.
     world, rank = accelerator.num_processes, accelerator.process_index
-    epoch_cache: dict[int, list[list[int]]] = {}
+    epoch_cache: dict = {}
     losses: list[float] = []
     window: list[float] = []
     started, start_step, stopped = time.perf_counter(), step, False
     unet.train()
     while step < cfg.steps:
+        # One global batch per micro-step, shared out over the ranks; noise is keyed by place in the global
+        # batch, so N processes × batch B train exactly like 1 process × batch N·B.
         epoch, batches = _batches_at(examples, micro_step, cfg, world, epoch_cache)
-        batch_ids = batches[(micro_step % (len(batches) // world)) * world + rank]
+        global_ids = batches[micro_step % len(batches)]
+        positions = range(rank, len(global_ids), world)
+        generators = dist.sample_generators(cfg.seed, micro_step, positions)
         rng = np.random.default_rng([cfg.seed, micro_step, rank])
         with accelerator.accumulate(unet):
-            latents, text, sizes = examples.batch(batch_ids, rng, text_fn)
-            loss = training_step(unet, noise_scheduler, base, latents, text, sizes, config)
+            latents, text, sizes = examples.batch([global_ids[p] for p in positions], rng, text_fn, generators)
+            loss = training_step(unet, noise_scheduler, base, latents, text, sizes, config, generators)
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                 accelerator.clip_grad_norm_([p for g in params.values() for p in g], config.optim.max_grad_norm)
@@ -165,10 +180,12 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
             raise TrainingError(f"loss became {step_loss} at step {step}", fix=NAN_ADVICE)
         losses.append(step_loss)
         rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
-        emit(Progress(step=step, total_steps=cfg.steps, loss=step_loss, lr=lr_scheduler.get_last_lr()[0],
+        lr = lr_scheduler.get_last_lr()[0]
+        emit(Progress(step=step, total_steps=cfg.steps, loss=step_loss, lr=lr,
                       it_per_s=rate, eta_s=(cfg.steps - step) / max(rate, 1e-9), epoch=epoch))
+        tracking.log_progress(accelerator, step, step_loss, lr, rate)
 
-        stopped = step < cfg.steps and should_stop()
+        stopped = step < cfg.steps and dist.agree_to_stop(accelerator, should_stop())
         if config.sample.every_n_steps and (step % config.sample.every_n_steps == 0 or step == cfg.steps):
             _samples(accelerator, base, config, examples, workdir, step, resolution, emit)
         if stopped or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps):
@@ -178,6 +195,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
     # Export the LoRA in both key formats (and the config beside it) from the main process only.
     accelerator.wait_for_everyone()
+    dist.write_rank_report(accelerator, _lora_state(base, lora_configs), losses)
     outputs: list[Path] = []
     if accelerator.is_main_process:
         outputs = export_lora(base, lora_configs, config, step)
@@ -187,14 +205,15 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     return Result(outputs, step, losses[-1] if losses else float("nan"), stopped, losses)
 
 
-def training_step(unet, noise_scheduler, base, latents, text, sizes, config: TrainConfig) -> torch.Tensor:
-    """Noise the latents at random timesteps and score the UNet's prediction of the target."""
-    noise = torch.randn_like(latents)
+def training_step(unet, noise_scheduler, base, latents, text, sizes, config: TrainConfig,
+                  generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Noise the latents at random timesteps and score the UNet's prediction of the target.
+
+    `generators` (one per example) draw the noise and timesteps; without them the global RNG does.
+    """
+    noise, offset, timesteps = _draw_noise(latents, noise_scheduler.config.num_train_timesteps, generators)
     if config.train.noise_offset:
-        noise = noise + config.train.noise_offset * torch.randn(
-            latents.shape[0], latents.shape[1], 1, 1, device=latents.device)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
-                              device=latents.device).long()
+        noise = noise + config.train.noise_offset * offset
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     if base.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -213,16 +232,33 @@ def training_step(unet, noise_scheduler, base, latents, text, sizes, config: Tra
     return loss.mean()
 
 
+def _draw_noise(latents, num_timesteps: int, generators):
+    shape, device = latents.shape, latents.device
+    if generators is None:
+        return (torch.randn_like(latents), torch.randn(shape[0], shape[1], 1, 1, device=device),
+                torch.randint(0, num_timesteps, (shape[0],), device=device).long())
+    noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+    offset = torch.stack([torch.randn(shape[1], 1, 1, generator=g) for g in generators])
+    timesteps = torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in generators])
+    return noise.to(device, latents.dtype), offset.to(device, latents.dtype), timesteps.to(device).long()
+
+
 def _batches_at(examples, micro_step, cfg, world, cache) -> tuple[int, list[list[int]]]:
-    per_epoch = len(examples.epoch_batches(0, cfg.batch_size, cfg.seed)) // world
+    """The epoch's global batches (`world` × batch_size each); a global batch too small to give every rank an
+    example (the tail of a bucket) is skipped, as every rank must run each step."""
+    def global_batches(epoch):
+        return [b for b in examples.epoch_batches(epoch, cfg.batch_size * world, cfg.seed) if len(b) >= world]
+
+    if "per_epoch" not in cache:
+        cache["per_epoch"] = len(global_batches(0))
+    per_epoch = cache["per_epoch"]
     if per_epoch == 0:
-        raise TrainingError(f"has fewer batches ({len(examples)} samples) than processes ({world})",
-                            where="dataset", fix="Add images or lower train.num_processes / train.batch_size.")
+        raise TrainingError(f"has fewer images ({len(examples)} samples) than processes ({world})",
+                            where="dataset", fix="Add images or lower train.num_processes.")
     epoch = micro_step // per_epoch
-    if epoch not in cache:
-        cache.clear()
-        cache[epoch] = examples.epoch_batches(epoch, cfg.batch_size, cfg.seed)
-    return epoch, cache[epoch]
+    if cache.get("epoch") != epoch:
+        cache.update(epoch=epoch, batches=global_batches(epoch))
+    return epoch, cache["batches"]
 
 
 def _trainable_text_fn(base):
@@ -241,13 +277,21 @@ def _samples(accelerator, base, config, examples, workdir, step, resolution, emi
                            steps=config.sample.steps, guidance=config.sample.guidance,
                            width=resolution, height=resolution)
     unet.train(was_training)
+    tracking.log_samples(accelerator, step, paths)
     emit(SampleSaved(step=step, paths=[str(p) for p in paths]))
 
 
 def _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = ckpt.TrainerState(step=step, micro_step=micro_step, epoch=epoch, config=config.to_dict())
-        path = ckpt.save_checkpoint(accelerator, workdir, state, config.train.keep_last)
-        emit(CheckpointSaved(step=step, path=str(path)))
-    accelerator.wait_for_everyone()
+    # Every rank takes part (accelerate saves each rank's RNG state); the main process renames and marks it.
+    state = ckpt.TrainerState(step=step, micro_step=micro_step, epoch=epoch, config=config.to_dict())
+    path = ckpt.save_checkpoint(accelerator, workdir, state, config.train.keep_last)
+    emit(CheckpointSaved(step=step, path=str(path)))
+
+
+def _lora_state(base, lora_configs) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    from trainer.network import ADAPTER
+
+    return {f"{name}.{key}": value for name in lora_configs
+            for key, value in get_peft_model_state_dict(getattr(base.pipe, name), adapter_name=ADAPTER).items()}

@@ -25,6 +25,7 @@ FLAG_FIELDS = {
     "save_every": "train.save_every",
     "trigger_word": "data.trigger_word",
     "skip_bad_images": "data.skip_bad_images",
+    "num_processes": "train.num_processes",
 }
 
 
@@ -48,6 +49,14 @@ def register(subparsers) -> None:
     parser.add_argument("--skip-bad-images", action="store_true", default=None,
                         help="drop images the dataset doctor refuses (and list them) instead of stopping")
     parser.add_argument("--resume", metavar="DIR", help="resume from a run folder's newest checkpoint")
+    parser.add_argument("--num-processes", type=int, metavar="N",
+                        help="train on N processes (GPUs; CPU processes without a GPU) through accelerate")
+    parser.add_argument("--gpus", metavar="IDS", help="GPU ids to train on, like 0,1 (implies --num-processes)")
+    parser.add_argument("--workdir", metavar="DIR", help="folder for checkpoints, samples and logs "
+                        "(default: the output folder, or the --resume folder)")
+    parser.add_argument("--events", metavar="FILE", help="also append every event to FILE as a JSON line")
+    parser.add_argument("--stop-file", metavar="FILE",
+                        help="stop gracefully (checkpoint, then exit) once FILE exists; SIGTERM does the same")
     parser.set_defaults(handler=run)
 
     show = subparsers.add_parser("config", help="print the default config (or a file's, completed) as TOML")
@@ -61,16 +70,81 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.loop import train
+    from trainer import distributed
 
     config = load_config(args.config, overrides_from_args(args))
+    workdir = args.workdir or args.resume or None
+    if (config.train.num_processes > 1 or args.gpus) and not distributed.in_launched_process():
+        return _relaunch(config, args, workdir)
+    from trainer.loop import train
+
     bar = ProgressPrinter()
-    result = train(config, on_event=bar, resume_from=args.resume,
-                   workdir=args.resume or None)
+    sinks = [bar] + ([EventFile(args.events)] if args.events else [])
+
+    def on_event(event: Event) -> None:
+        for sink in sinks:
+            sink(event)
+
+    result = train(config, on_event=on_event, should_stop=StopFlag(args.stop_file), resume_from=args.resume,
+                   workdir=workdir)
     bar.close()
     for path in result.outputs:
         print(path)
     return 0
+
+
+def _relaunch(config, args: argparse.Namespace, workdir: str | None) -> int:
+    """Start N copies of this command through accelerate, with the config (flags applied) in a file."""
+    import tempfile
+    from pathlib import Path
+
+    from trainer import distributed
+    from trainer.config import save_config
+
+    with tempfile.TemporaryDirectory(prefix="lora-studio-launch-") as folder:
+        config_path = save_config(config, Path(folder) / "config.toml")
+        return distributed.launch_train(config_path, config.train.num_processes, gpus=args.gpus,
+                                        resume_from=args.resume, workdir=workdir, events_path=args.events,
+                                        stop_file=args.stop_file)
+
+
+class EventFile:
+    """Appends each event as one JSON line (one `write`, so a reader never sees half of one), so a launcher's
+    caller, such as the job runner, can follow a distributed run. NaN becomes null: JSON has no NaN."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, event: Event) -> None:
+        import json
+        import math
+        import os
+
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in event.to_dict().items()}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record, default=str) + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
+
+
+class StopFlag:
+    """`should_stop` for the loop: a stop file appeared, or SIGTERM arrived (`docker stop`, the launcher)."""
+
+    def __init__(self, stop_file: str | None) -> None:
+        import signal
+
+        self.stop_file = stop_file
+        self.terminated = False
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum, frame) -> None:
+        self.terminated = True
+
+    def __call__(self) -> bool:
+        import os
+
+        return self.terminated or bool(self.stop_file and os.path.exists(self.stop_file))
 
 
 def print_config(args: argparse.Namespace) -> int:
@@ -91,11 +165,14 @@ class ProgressPrinter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, Started):
-            print(f"training on {event.device} ({event.mixed_precision}), {event.num_images} images, "
+            where = f"{event.num_processes} processes" if event.num_processes > 1 else event.device
+            print(f"training on {where} ({event.mixed_precision}), {event.num_images} images, "
                   f"text cache {'on' if event.cached_text else 'off (captions change per step)'}",
                   file=sys.stderr)
             for path in event.skipped:
                 print(f"skipped (data.skip_bad_images): {path}", file=sys.stderr)
+            if event.log_dir:
+                print(f"TensorBoard: tensorboard --logdir {event.log_dir}", file=sys.stderr)
             self.bar = self._tqdm(total=event.total_steps, initial=event.start_step, unit="step",
                                   dynamic_ncols=True)
         elif isinstance(event, Progress) and self.bar is not None:
