@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import load_config
-from trainer.errors import StudioError
 from trainer.jobs import Supervisor
 
 
@@ -44,38 +43,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--request-key", default=None,
                    help="an idempotency key: submitting twice with the same key makes one job")
     p.add_argument("--wait", action="store_true", help="wait until the job has finished")
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser("list", parents=[common, scripted], help="list jobs, oldest first")
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(handler=cmd_list)
 
     p = sub.add_parser("show", parents=[common, scripted], help="one job's status, progress and outputs")
     p.add_argument("id")
-    p.set_defaults(func=cmd_show)
+    p.set_defaults(handler=cmd_show)
 
     p = sub.add_parser("logs", parents=[common], help="print a job's log")
     p.add_argument("id")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     p.add_argument("--lines", "-n", type=int, default=0, help="only the last N lines (default: all)")
     p.add_argument("--events", action="store_true", help="print events.jsonl instead of the log")
-    p.set_defaults(func=cmd_logs)
+    p.set_defaults(handler=cmd_logs)
 
     p = sub.add_parser("stop", parents=[common, scripted],
                        help="stop a job: it saves a checkpoint and ends stopped (--force: kill it now)")
     p.add_argument("id")
     p.add_argument("--force", action="store_true", help="kill the runner now; resume uses the last save")
     p.add_argument("--wait", action="store_true", help="wait until the job has ended")
-    p.set_defaults(func=cmd_stop)
+    p.set_defaults(handler=cmd_stop)
 
     p = sub.add_parser("resume", parents=[common, scripted],
                        help="queue a stopped, interrupted or failed job again from its newest checkpoint")
     p.add_argument("id")
     p.add_argument("--wait", action="store_true", help="wait until the job has finished")
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(handler=cmd_resume)
 
     p = sub.add_parser("rm", parents=[common], help="delete a job that is not running, with its folder")
     p.add_argument("id")
-    p.set_defaults(func=cmd_rm)
+    p.set_defaults(handler=cmd_rm)
 
 
 def supervisor(args: argparse.Namespace) -> Supervisor:
@@ -209,14 +208,3 @@ def _tail(path: Path, lines: int) -> str:
     except FileNotFoundError:
         return ""
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run `jobs ...` on its own (the `lora-studio` entry point normally does this)."""
-    parser = argparse.ArgumentParser(prog="lora-studio")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except StudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

@@ -44,7 +44,7 @@ class Runner:
         return self.terminated or self.files.stop_flag.exists()
 
     def on_event(self, event: Any) -> None:
-        record = self.log.write({"kind": event.kind, **event.to_dict()})
+        record = self.log.write(event.to_dict())
         self.failed_written |= event.kind == "failed"
         print(describe(record), flush=True)
         if event.kind == "checkpoint":
@@ -58,8 +58,8 @@ class Runner:
         me = os.getpid()
         self.store.update(self.job_id, pid=me, pid_start=process.start_time(me), only_if=("running",))
         config = load_config(self.files.config)
-        resume_from = latest_checkpoint(self.files.checkpoints)
-        self.log.write({"kind": "started", "pid": me, "resume_from": resume_from and str(resume_from)})
+        resume_from = latest_checkpoint(self.files.dir)  # also clears checkpoints a kill left half-written
+        self.log.write({"kind": "runner", "pid": me, "resume_from": resume_from and str(resume_from)})
         print(f"job {self.job_id}: started (pid {me}), resume from {resume_from or 'scratch'}", flush=True)
         try:
             result = train(config, on_event=self.on_event, should_stop=self.should_stop,

@@ -202,8 +202,8 @@ class Supervisor:
         progress = last_event(recent, "progress") or {}
         failed = last_event(recent, "failed") or {}
         running = job["status"] == "running"
-        live_step = progress.get("step", 0)
-        step = max(job["step"], live_step) if running else (job["step"] or live_step)
+        # The DB has the step of the last checkpoint or the finish; the log has the live one.
+        step = job["step"] if job["status"] == "done" else progress.get("step", job["step"])
         return {
             "id": job["id"],
             "name": job["name"],
