@@ -61,9 +61,12 @@ def save_checkpoint(accelerator, workdir: str | Path, state: TrainerState, keep_
         (final / MARKER).write_text(str(state.step), encoding="utf-8")
         _fsync_tree(final)
         fsync_dir(root)
-    except OSError as err:
+    except Exception as err:  # safetensors and torch.save report a full disk with their own error types
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(err, tmp) from err
+        failure = disk_error(err, final)
+        if failure is err:
+            raise
+        raise failure from err
     _prune(root, keep_last)
     return final
 
