@@ -56,7 +56,10 @@ class Runner:
         from trainer.loop import train
 
         me = os.getpid()
-        self.store.update(self.job_id, pid=me, pid_start=process.start_time(me), only_if=("running",))
+        if not self.store.update(self.job_id, pid=me, pid_start=process.start_time(me), only_if=("running",)):
+            # Stopped (or removed) between the supervisor's claim and this start: nothing to do.
+            print(f"job {self.job_id}: no longer running; exiting without training", flush=True)
+            return 0
         config = load_config(self.files.config)
         resume_from = latest_checkpoint(self.files.dir)  # also clears checkpoints a kill left half-written
         self.log.write({"kind": "runner", "pid": me, "resume_from": resume_from and str(resume_from)})
