@@ -34,9 +34,9 @@ def one_thread_runners():
         yield
 
 
-def job_config(tmp: Path, name: str = "cats", **overrides):
-    """The test run: tiny model, the example dataset (a relative path, as users write it), 64 px."""
-    values = {"data.path": "datasets/example", "data.resolution": 64, "network.rank": 4,
+def job_config(tmp: Path, name: str = "cats", data: str = str(ROOT / "datasets" / "example"), **overrides):
+    """The test run: the tiny model, the example dataset, 64 px, a checkpoint every 3 steps."""
+    values = {"data.path": data, "data.resolution": 64, "network.rank": 4,
               "train.steps": STEPS, "train.save_every": 3, "export.name": name, "export.dtype": "float32"}
     values.update(overrides)
     config = load_config(None, values)
@@ -84,8 +84,10 @@ def finished(tmp_path_factory):
     """
     tmp = tmp_path_factory.mktemp("lifecycle")
     home = tmp / "home"
-    _, long_toml = job_config(tmp, name="long", **{"train.steps": 500, "train.save_every": 0})
-    _, b_toml = job_config(tmp)
+    # The dataset path is relative, as users write it: submit resolves it against the CLI's directory.
+    _, long_toml = job_config(tmp, name="long", data="datasets/example",
+                              **{"train.steps": 500, "train.save_every": 0})
+    _, b_toml = job_config(tmp, data="datasets/example")
     a = json.loads(cli(home, "submit", str(long_toml), "--json").stdout)
     b = json.loads(cli(home, "submit", str(b_toml), "--json", "--request-key", "click-1").stdout)
     again = json.loads(cli(home, "submit", str(b_toml), "--json", "--request-key", "click-1").stdout)
@@ -128,7 +130,7 @@ def test_cli_submit_queue_restart_graceful_stop_and_done(finished):
 
     listed = {job["id"]: job["status"] for job in json.loads(cli(home, "list", "--json").stdout)}
     assert listed == {a["id"]: "stopped", b["id"]: "done"}
-    logs = cli(home, "logs", b["id"]).stdout
+    logs = cli(home, "logs", b["id"], "--follow").stdout  # returns once the job has ended
     assert f"step {STEPS}/{STEPS}" in logs and "checkpoint" in logs
     kinds = [e["kind"] for e in finished["sup"].events(b["id"])]
     assert kinds[:3] == ["queued", "runner", "started"] and kinds[-1] == "done"

@@ -64,8 +64,9 @@ def test_update_only_if_guards_the_status(tmp_path):
     store.insert("j1", "a", 10)
     assert not store.update("j1", status="done", only_if=("running",))
     assert store.update("j1", status="running", pid=5, outputs=["/x.safetensors"], only_if=("queued",))
+    assert store.update("j1", loss=float("nan"))  # a run stopped before its first step has no loss
     job = store.get("j1")
-    assert (job["status"], job["pid"], job["outputs"]) == ("running", 5, ["/x.safetensors"])
+    assert (job["status"], job["pid"], job["outputs"], job["loss"]) == ("running", 5, ["/x.safetensors"], None)
     with pytest.raises(ValueError, match="unknown job status"):
         store.update("j1", status="exploded")
 
@@ -98,6 +99,8 @@ def test_event_log_survives_a_torn_line(tmp_path):
     assert [e["step"] for e in events] == [1, 2]
     assert read_events(path, since=1) == events[1:]
     assert events[0]["time"] > 0
+    EventLog(path).write({"kind": "done", "loss": float("nan"), "lr": [float("inf"), 1.0]})
+    assert read_events(path, since=2) == [{**read_events(path, since=2)[0], "loss": None, "lr": [None, 1.0]}]
 
 
 def test_tail_events_reads_only_the_end_of_a_long_log(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import threading
 import time
@@ -35,7 +36,7 @@ class EventLog:
                 self._append(b"\n")
 
     def write(self, event: dict[str, Any]) -> dict[str, Any]:
-        record = {"time": round(time.time(), 3), **event}
+        record = finite({"time": round(time.time(), 3), **event})
         line = json.dumps(record, default=str, allow_nan=False) + "\n"
         self._append(line.encode("utf-8"))
         return record
@@ -47,6 +48,17 @@ class EventLog:
                 os.write(fd, data)
             finally:
                 os.close(fd)
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no spelling for them, and readers would choke on `NaN`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def read_events(path: Path, since: int = 0) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import JobError
+from trainer.jobs.events import finite
 
 STATUSES = ("queued", "running", "done", "failed", "stopped", "interrupted")
 FINISHED = ("done", "failed", "stopped", "interrupted")
@@ -121,7 +122,7 @@ class JobStore:
             raise ValueError(f"unknown job columns: {sorted(unknown)}")
         if "status" in fields and fields["status"] not in STATUSES:
             raise ValueError(f"unknown job status {fields['status']!r}; one of {STATUSES}")
-        values = {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in fields.items()}
+        values = {k: json.dumps(v) if k in _JSON_COLUMNS else v for k, v in finite(fields).items()}
         values["updated"] = time.time()
         sql = "UPDATE jobs SET " + ", ".join(f"{k} = ?" for k in values) + " WHERE id = ?"
         params: list[Any] = [*values.values(), job_id]
