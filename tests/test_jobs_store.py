@@ -71,6 +71,15 @@ def test_update_only_if_guards_the_status(tmp_path):
         store.update("j1", status="exploded")
 
 
+def test_mark_interrupted_only_touches_the_attempt_it_saw(tmp_path):
+    store = JobStore(tmp_path / "studio.sqlite")
+    store.insert("j1", "a", 10)
+    store.update("j1", status="running", pid=222)  # resumed meanwhile: a new runner with another pid
+    assert not store.mark_interrupted("j1", pid=111)
+    assert store.mark_interrupted("j1", pid=222)
+    assert store.get("j1")["status"] == "interrupted"
+
+
 def test_a_newer_schema_is_refused_with_the_file_named(tmp_path):
     path = tmp_path / "studio.sqlite"
     JobStore(path)

@@ -149,6 +149,13 @@ class JobStore:
             )
         return {**_to_dict(row), "status": "running", "pid": None, "pid_start": None}
 
+    def mark_interrupted(self, job_id: str, pid: int | None) -> bool:
+        """`running` -> `interrupted`, only while the row still names this runner `pid`."""
+        with self._connect(immediate=True) as db:
+            cursor = db.execute("UPDATE jobs SET status = 'interrupted', updated = ? "
+                                "WHERE id = ? AND status = 'running' AND pid IS ?", (time.time(), job_id, pid))
+            return cursor.rowcount == 1
+
     def find(self, request_key: str) -> str | None:
         """The id of the job submitted with this request key, if any."""
         with self._connect() as db:

@@ -94,6 +94,7 @@ class Supervisor:
 
     def stop(self, job_id: str, force: bool = False) -> dict[str, Any]:
         """Graceful: raise the stop flag (the loop saves a checkpoint, ends `stopped`). Force: kill it now."""
+        self._check(self.store.get(job_id))
         job = self.store.get(job_id)
         files = self.files(job_id)
         if job["status"] == "queued":
@@ -138,20 +139,23 @@ class Supervisor:
 
     def reconcile(self) -> list[str]:
         """Mark `running` jobs whose runner is gone (or whose pid now names another process) `interrupted`."""
-        lost = []
-        for job in self.store.all():
-            if job["status"] != "running":
-                continue
-            self._reap(job["id"])
-            if job["pid"] is None:
-                gone = time.time() - job["updated"] > SPAWN_GRACE_S
-            else:
-                gone = not process.is_alive(job["pid"], job["pid_start"])
-            # only_if: a runner that finished cleanly has already written done/failed/stopped.
-            if gone and self.store.update(job["id"], status="interrupted", only_if=("running",)):
-                EventLog(self.files(job["id"]).events).write({"kind": "interrupted", "pid": job["pid"]})
-                lost.append(job["id"])
-        return lost
+        return [job["id"] for job in self.store.all() if self._check(job)]
+
+    def _check(self, job: dict[str, Any]) -> bool:
+        """Reconcile one job row; True if it was just marked interrupted."""
+        if job["status"] != "running":
+            return False
+        self._reap(job["id"])
+        if job["pid"] is None:
+            gone = time.time() - job["updated"] > SPAWN_GRACE_S
+        else:
+            gone = not process.is_alive(job["pid"], job["pid_start"])
+        # Only this attempt: a runner that finished cleanly has already written done/failed/stopped,
+        # and a job resumed meanwhile has another pid.
+        if gone and self.store.mark_interrupted(job["id"], job["pid"]):
+            EventLog(self.files(job["id"]).events).write({"kind": "interrupted", "pid": job["pid"]})
+            return True
+        return False
 
     # -- reads ------------------------------------------------------------------------------------
 
@@ -162,7 +166,11 @@ class Supervisor:
         return [self._describe(job) for job in self.store.all()]
 
     def show(self, job_id: str) -> dict[str, Any]:
-        return self._describe(self.store.get(job_id))
+        """One job (see the keys in `_describe`), its own liveness checked first."""
+        job = self.store.get(job_id)
+        if self._check(job):
+            job = self.store.get(job_id)
+        return self._describe(job)
 
     def events(self, job_id: str, since: int = 0) -> list[dict[str, Any]]:
         self.store.get(job_id)
