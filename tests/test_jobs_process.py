@@ -174,11 +174,10 @@ def test_sigkill_during_a_checkpoint_write_falls_back_to_the_previous_one(tmp_pa
 
     def writing() -> str | None:
         # A temporary checkpoint folder exists only while save_checkpoint writes it.
-        if not root.is_dir() or not complete_checkpoints(job_dir):
-            return None
         return next((e.name for e in os.scandir(root) if e.name.startswith(".step-")), None)
 
-    partial = wait_for("a checkpoint being written", writing, poll=0)
+    wait_for("the first complete checkpoint", lambda: complete_checkpoints(job_dir))
+    partial = wait_for("a checkpoint being written", writing, poll=0)  # a write lasts milliseconds
     os.killpg(pid, signal.SIGKILL)
     wait_for("the kill to be noticed", lambda: sup.list()[0]["status"] == "interrupted")
     previous = complete_checkpoints(job_dir)
