@@ -124,7 +124,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(job))
         return 0
     for key, value in job.items():
-        if isinstance(value, list):
+        if key in ("created", "updated"):
+            value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+        elif isinstance(value, list):
             value = "\n    ".join(["", *map(str, value)]) if value else "-"
         print(f"{key:>16}: {'-' if value is None else value}")
     return 0
