@@ -130,6 +130,8 @@ def test_cli_submit_queue_restart_graceful_stop_and_done(finished):
 
     listed = {job["id"]: job["status"] for job in json.loads(cli(home, "list", "--json").stdout)}
     assert listed == {a["id"]: "stopped", b["id"]: "done"}
+    cli(home, "rm", a["id"])
+    assert not a_dir.exists() and [j["id"] for j in json.loads(cli(home, "list", "--json").stdout)] == [b["id"]]
     logs = cli(home, "logs", b["id"], "--follow").stdout  # returns once the job has ended
     assert f"step {STEPS}/{STEPS}" in logs and "checkpoint" in logs
     kinds = [e["kind"] for e in finished["sup"].events(b["id"])]
@@ -164,7 +166,7 @@ def test_sigkill_mid_run_is_interrupted_and_resume_matches_an_uninterrupted_run(
     assert worst <= 1e-5, f"resumed LoRA differs from the uninterrupted one by {worst}"
 
 
-def test_sigkill_during_a_checkpoint_write_falls_back_to_the_previous_one(tmp_path):
+def test_sigkill_during_a_checkpoint_write_then_sigterm_then_force_stop(tmp_path):
     sup = Supervisor(tmp_path / "home")
     config, _ = job_config(tmp_path, **{"train.save_every": 1, "train.keep_last": 3})
     job_id = sup.submit(config)
@@ -191,10 +193,18 @@ def test_sigkill_during_a_checkpoint_write_falls_back_to_the_previous_one(tmp_pa
     assert Path(event_of(sup, job_id, "runner", since=seen)["resume_from"]).name == newest
     assert not any((root / name).exists() and name not in complete_checkpoints(job_dir) for name in half_done)
 
-    # A forced stop kills the real runner's whole process group at once.
+    # SIGTERM (docker stop, a shutdown) stops like the Stop button: a checkpoint, then `stopped`.
     running = sup.show(job_id)
-    stopped = sup.stop(job_id, force=True)
+    os.kill(running["pid"], signal.SIGTERM)
+    stopped = sup.wait(job_id, timeout=WAIT_S)
     assert stopped["status"] == "stopped"
+    assert f"step-{stopped['step']}" in complete_checkpoints(job_dir)
+
+    # A forced stop kills the runner's whole process group at once, even before it trains.
+    sup.resume(job_id)
+    running = wait_for("the new runner's pid", lambda: sup.show(job_id)["pid"] != stopped["pid"]
+                       and sup.show(job_id))
+    assert sup.stop(job_id, force=True)["status"] == "stopped"
     wait_for("the runner to die", lambda: not process.is_alive(running["pid"], None))
 
 
