@@ -12,8 +12,10 @@ that dies without writing one is found by the supervisor's reconcile and marked 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -48,7 +50,10 @@ class Runner:
         self.failed_written |= event.kind == "failed"
         print(describe(record), flush=True)
         if event.kind == "checkpoint":
-            self.store.update(self.job_id, step=record.get("step", 0))
+            # The step in the table is a convenience (the log has it too): a database locked for
+            # longer than the store's timeout must not fail the training run.
+            with contextlib.suppress(sqlite3.Error):
+                self.store.update(self.job_id, step=record.get("step", 0))
 
     def run(self) -> int:
         """Train, record the outcome, and return the process exit code."""
@@ -84,8 +89,12 @@ class Runner:
 
     def fail(self, err: BaseException) -> None:
         message, advice = explain(err)
+        print(f"job {self.job_id} failed: {message}", flush=True)
         if not self.failed_written:
-            self.log.write({"kind": "failed", "error": message, "advice": advice})
+            try:
+                self.log.write({"kind": "failed", "error": message, "advice": advice})
+            except OSError as log_err:  # the disk may be the very thing that is full
+                print(f"could not write the failed event: {log_err}", file=sys.stderr, flush=True)
         self.store.update(self.job_id, status="failed", error=message, only_if=("running",))
 
 
