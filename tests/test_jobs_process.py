@@ -78,7 +78,7 @@ def complete_checkpoints(job_dir: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """Through the CLI: job A (long) runs, B queues behind it; A is stopped gracefully, then B trains to done.
+    """Through the CLI: job A (long) runs, B queues behind it; A is stopped gracefully, B trains to done.
 
     Every CLI call is its own short-lived supervisor, so the runners outlive the process that started them.
     """
@@ -95,7 +95,10 @@ def finished(tmp_path_factory):
     seen = {"a_running": sup.show(a["id"]), "b_queued": sup.show(b["id"])}
     wait_for("job A's first step", lambda: progress_at_least(sup, a["id"], 1))
     seen["a_alive"] = process.is_alive(sup.show(a["id"])["pid"], sup.store.get(a["id"])["pid_start"])
-    stopped = json.loads(cli(home, "stop", a["id"], "--wait", "--json").stdout)
+    seen["stopping"] = json.loads(cli(home, "stop", a["id"], "--json").stdout)  # returns at once
+    # No supervisor acts from here on (the store is read directly): A's runner starts B as it ends.
+    wait_for("A's runner to start B", lambda: sup.store.get(b["id"])["status"] != "queued")
+    stopped = sup.show(a["id"])
     done = sup.wait(b["id"], timeout=WAIT_S)
     return {"home": home, "a": a, "b": b, "again": again, "seen": seen, "stopped": stopped, "done": done,
             "sup": sup}
@@ -108,9 +111,11 @@ def test_cli_submit_queue_restart_graceful_stop_and_done(finished):
     assert seen["a_running"]["status"] == "running" and seen["a_alive"]
     assert seen["b_queued"]["status"] == "queued"  # one job at a time by default
 
+    assert seen["stopping"]["status"] == "running" and seen["stopping"]["stopping"]
     stopped = finished["stopped"]
     assert stopped["status"] == "stopped" and not stopped["stopping"]
     a_dir = Path(stopped["dir"])
+    assert f"started the next queued job: {b['id']}" in (a_dir / "runner.log").read_text()
     assert complete_checkpoints(a_dir) == [f"step-{stopped['step']}"]  # the stop itself was saved
     assert not process.is_alive(stopped["pid"], None)
 

@@ -6,7 +6,8 @@ Started by the supervisor, detached in a session of its own, with stdout/stderr 
 records its pid and start time, writes `events.jsonl` and a heartbeat, stops when the `stop` file
 appears (or on SIGTERM), continues from the newest complete checkpoint, and on success copies the
 LoRA into the library. The final status (done, failed, stopped) is written before it exits; a runner
-that dies without writing one is found by the supervisor's reconcile and marked interrupted.
+that dies without writing one is found by the supervisor's reconcile and marked interrupted. On its
+way out it starts the next queued job, so a queue submitted from a terminal drains with no server.
 """
 
 from __future__ import annotations
@@ -136,13 +137,32 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, terminate)
     heartbeat = Heartbeat(runner.files.heartbeat).start()
     try:
-        return runner.run()
+        code = runner.run()
     except Exception as err:  # a failure outside train(): a bad config file, an unreadable checkpoint
         traceback.print_exc()
         runner.fail(err)
-        return 1
+        code = 1
     finally:
         heartbeat.stop()
+    if not runner.terminated:
+        start_next(runner.home)
+    return code
+
+
+def start_next(home: Home) -> None:
+    """Start the next queued job now that this slot is free, so the queue moves with no server running.
+
+    Not after SIGTERM: a shutting-down machine should not start new work.
+    """
+    from trainer.jobs.supervisor import Supervisor
+
+    try:
+        started = Supervisor(home.root).pump()
+    except Exception:  # the finished job is recorded; a supervisor's next look will start the queue
+        traceback.print_exc()
+        return
+    if started:
+        print(f"started the next queued job: {', '.join(started)}", flush=True)
 
 
 if __name__ == "__main__":
