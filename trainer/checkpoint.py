@@ -69,9 +69,12 @@ def save_checkpoint(accelerator, workdir: str | Path, state: TrainerState, keep_
         accelerator.wait_for_everyone()
         if main:
             _complete(tmp, final, state)
-    except OSError as err:
+    except Exception as err:  # safetensors and torch.save report a full disk with their own error types
         shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_error(err, tmp) from err
+        failure = disk_error(err, final)
+        if failure is err:
+            raise
+        raise failure from err
     accelerator.wait_for_everyone()
     if main:
         _prune(root, keep_last)

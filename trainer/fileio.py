@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,9 +40,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as err:
+    except Exception as err:
         tmp.unlink(missing_ok=True)
-        raise disk_error(err, path) from err
+        failure = disk_error(err, path)
+        if failure is err:
+            raise
+        raise failure from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -54,12 +58,46 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def disk_error(err: OSError, path: Path) -> OSError | TrainingError:
-    """Turn 'no space left' (and a file-size limit) into an error that says so and where."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+def disk_error(err: Exception, path: Path) -> Exception:
+    """Turn 'no space left' (and a file-size limit) into an error that says so and where; others pass through."""
+    code = _disk_errno(err, path)
+    if code is not None:
         return TrainingError(
-            f"could not be written: the disk is full ({os.strerror(err.errno or 0)})",
+            f"could not be written: the disk is full ({os.strerror(code)})",
             where=str(path),
             fix=f"Free space on the disk that holds {path.parent} (or point the output elsewhere) and resume.",
         )
     return err
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_errno(err: Exception, path: Path) -> int | None:
+    """The errno of a failed write when it means "no room", else None.
+
+    safetensors (a Rust writer) and torch.save (a C++ zip writer) raise their own error types, with the
+    OS error only in the text or not at all; so their failures are also checked against the disk itself.
+    """
+    if isinstance(err, OSError):
+        return err.errno if err.errno in _DISK_ERRNOS else None
+    text = str(err)
+    found = re.search(r"os error (\d+)", text)
+    if found and int(found.group(1)) in _DISK_ERRNOS:
+        return int(found.group(1))
+    for code in _DISK_ERRNOS:
+        if os.strerror(code) in text:
+            return code
+    if not isinstance(err, RuntimeError):  # torch.save's "unexpected pos 704 vs 598" names no cause
+        return None
+    with contextlib.suppress(OSError):
+        stats = os.statvfs(path.parent if path.parent.exists() else path.parent.parent)
+        if stats.f_bavail * stats.f_frsize < 16 * 1024 * 1024:
+            return errno.ENOSPC
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG  # a file-size limit (ulimit -f) stops writes like a full disk
+    return None

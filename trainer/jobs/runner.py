@@ -1,0 +1,169 @@
+"""The runner process of one job: trains it and writes everything a UI needs to the job folder.
+
+    python -m trainer.jobs.runner --home ~/.lora-studio --job a1b2c3d4
+
+Started by the supervisor, detached in a session of its own, with stdout/stderr in `runner.log`. It
+records its pid and start time, writes `events.jsonl` and a heartbeat, stops when the `stop` file
+appears (or on SIGTERM), continues from the newest complete checkpoint, and on success copies the
+LoRA into the library. The final status (done, failed, stopped) is written before it exits; a runner
+that dies without writing one is found by the supervisor's reconcile and marked interrupted. On its
+way out it starts the next queued job, so a queue submitted from a terminal drains with no server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainer.config import load_config
+from trainer.errors import StudioError
+from trainer.jobs import process
+from trainer.jobs.events import EventLog, Heartbeat
+from trainer.jobs.library import publish
+from trainer.jobs.paths import Home, JobFiles
+from trainer.jobs.store import JobStore
+
+
+class Runner:
+    """One attempt at one job: the callbacks `train()` gets, and the bookkeeping around it."""
+
+    def __init__(self, home: Home, job_id: str):
+        self.home = home
+        self.job_id = job_id
+        self.store = JobStore(home.db)
+        self.files = JobFiles(home.job_dir(job_id))
+        self.log = EventLog(self.files.events)
+        self.failed_written = False
+        self.terminated = False
+
+    def should_stop(self) -> bool:
+        return self.terminated or self.files.stop_flag.exists()
+
+    def on_event(self, event: Any) -> None:
+        record = self.log.write(event.to_dict())
+        self.failed_written |= event.kind == "failed"
+        print(describe(record), flush=True)
+        if event.kind == "checkpoint":
+            # The step in the table is a convenience (the log has it too): a database locked for
+            # longer than the store's timeout must not fail the training run.
+            with contextlib.suppress(sqlite3.Error):
+                self.store.update(self.job_id, step=record.get("step", 0))
+
+    def run(self) -> int:
+        """Train, record the outcome, and return the process exit code."""
+        from trainer.checkpoint import latest_checkpoint
+        from trainer.loop import train
+
+        me = os.getpid()
+        if not self.store.update(self.job_id, pid=me, pid_start=process.start_time(me), only_if=("running",)):
+            # Stopped (or removed) between the supervisor's claim and this start: nothing to do.
+            print(f"job {self.job_id}: no longer running; exiting without training", flush=True)
+            return 0
+        config = load_config(self.files.config)
+        resume_from = latest_checkpoint(self.files.dir)  # also clears checkpoints a kill left half-written
+        self.log.write({"kind": "runner", "pid": me, "resume_from": resume_from and str(resume_from)})
+        print(f"job {self.job_id}: started (pid {me}), resume from {resume_from or 'scratch'}", flush=True)
+        try:
+            result = train(config, on_event=self.on_event, should_stop=self.should_stop,
+                           resume_from=resume_from, workdir=self.files.dir)
+        except Exception as err:  # every failure becomes a readable `failed` status
+            traceback.print_exc()
+            self.fail(err)
+            return 1
+        outputs = [str(p) for p in result.outputs]
+        if result.stopped:
+            self.log.write({"kind": "stopped", "step": result.step})
+            self.store.update(self.job_id, status="stopped", step=result.step, loss=result.final_loss,
+                              only_if=("running",))
+            return 0
+        library = [str(p) for p in publish(self.home, self.job_id, result.outputs, config, result.step)]
+        self.store.update(self.job_id, status="done", step=result.step, loss=result.final_loss,
+                          outputs=outputs, library=library, only_if=("running",))
+        return 0
+
+    def fail(self, err: BaseException) -> None:
+        message, advice = explain(err)
+        print(f"job {self.job_id} failed: {message}", flush=True)
+        if not self.failed_written:
+            try:
+                self.log.write({"kind": "failed", "error": message, "advice": advice})
+            except OSError as log_err:  # the disk may be the very thing that is full
+                print(f"could not write the failed event: {log_err}", file=sys.stderr, flush=True)
+        self.store.update(self.job_id, status="failed", error=message, only_if=("running",))
+
+
+def explain(err: BaseException) -> tuple[str, str]:
+    """The one-line error and the advice shown for a failed job."""
+    if isinstance(err, StudioError):
+        return err.message, err.fix or ""
+    if isinstance(err, MemoryError):
+        return "ran out of memory", "Lower data.resolution or train.batch_size and resume."
+    return f"{type(err).__name__}: {err}", "See runner.log in the job folder for the traceback."
+
+
+def describe(record: dict[str, Any]) -> str:
+    """A human line for runner.log from an event record."""
+    kind = record.get("kind")
+    if kind == "progress":
+        parts = [f"step {record.get('step')}/{record.get('total_steps')}"]
+        for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("it_per_s", "{:.2f} it/s"),
+                         ("eta_s", "eta {:.0f}s")):
+            if isinstance(record.get(key), (int, float)):
+                parts.append(fmt.format(record[key]))
+        return "  ".join(parts)
+    details = {k: v for k, v in record.items() if k not in ("kind", "time")}
+    return f"{kind}: {details}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.jobs.runner",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True, type=Path, help="the LoRA Studio home folder")
+    parser.add_argument("--job", required=True, help="the job id")
+    args = parser.parse_args(argv)
+    runner = Runner(Home(args.home.resolve()), args.job)
+
+    def terminate(signum: int, frame: Any) -> None:
+        # `docker stop` or a shutdown: stop like the Stop button, so the job ends stopped and resumable.
+        runner.terminated = True
+
+    signal.signal(signal.SIGTERM, terminate)
+    heartbeat = Heartbeat(runner.files.heartbeat).start()
+    try:
+        code = runner.run()
+    except Exception as err:  # a failure outside train(): a bad config file, an unreadable checkpoint
+        traceback.print_exc()
+        runner.fail(err)
+        code = 1
+    finally:
+        heartbeat.stop()
+    if not runner.terminated:
+        start_next(runner.home)
+    return code
+
+
+def start_next(home: Home) -> None:
+    """Start the next queued job now that this slot is free, so the queue moves with no server running.
+
+    Not after SIGTERM: a shutting-down machine should not start new work.
+    """
+    from trainer.jobs.supervisor import Supervisor
+
+    try:
+        started = Supervisor(home.root).pump()
+    except Exception:  # the finished job is recorded; a supervisor's next look will start the queue
+        traceback.print_exc()
+        return
+    if started:
+        print(f"started the next queued job: {', '.join(started)}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
