@@ -143,8 +143,9 @@ def plan_lora(pipe, lora: LoraFile) -> LoraPlan:
     modules = {name: dict(getattr(pipe, name).named_modules())
                for name in COMPONENTS if getattr(pipe, name, None) is not None}
     misfits: list[str] = []
+    names = _peft_names(pipe, list(state_dict))
     for key, tensor in state_dict.items():
-        component, module_name, part = _split_key(pipe, key)
+        component, module_name, part = names.get(key, ("", "", ""))
         module = modules.get(component, {}).get(module_name)
         if module is None:
             plan.unmatched.append(key)
@@ -175,29 +176,37 @@ def _refuse_misfits(lora: LoraFile, plan: LoraPlan, misfits: list[str]) -> None:
                             f"it was made for another model family{hint}", where=str(lora.path), fix=fix)
 
 
-def _split_key(pipe, key: str) -> tuple[str, str, str]:
-    """`unet.a.b.to_q.lora.down.weight` -> (`unet`, `a.b.to_q`, `lora_A`), via diffusers' own converters."""
+def _peft_names(pipe, keys: list[str]) -> dict[str, tuple[str, str, str]]:
+    """`unet.a.b.to_q.lora.down.weight` -> (`unet`, `a.b.to_q`, `lora_A`), by diffusers' own converters.
+
+    The converters only rename keys, so each key goes in with its index as the value and is found again by it.
+    """
     from diffusers.utils import (
         convert_state_dict_to_diffusers,
         convert_state_dict_to_peft,
         convert_unet_state_dict_to_peft,
     )
 
-    component, _, rest = key.partition(".")
-    if component not in COMPONENTS:
-        return component, rest, ""
-    if component == "unet":
-        is_peft = "lora_A" in rest or "lora_B" in rest
-        peft_key = rest if is_peft else next(iter(convert_unet_state_dict_to_peft({rest: None})))
-    else:
-        peft_key = next(iter(convert_state_dict_to_peft(convert_state_dict_to_diffusers({rest: None}))))
-        if not hasattr(pipe.text_encoder, "text_model"):
-            peft_key = peft_key.removeprefix("text_model.")
-    for part in ("lora_A", "lora_B", "lora_magnitude_vector"):
-        marker = f".{part}"
-        if marker in peft_key:
-            return component, peft_key.split(marker)[0], part
-    return component, peft_key, ""
+    names: dict[str, tuple[str, str, str]] = {}
+    for component in COMPONENTS:
+        prefix = f"{component}."
+        part = {k.removeprefix(prefix): i for i, k in enumerate(keys) if k.startswith(prefix)}
+        if not part:
+            continue
+        if component == "unet":
+            converted = part if any("lora_A" in k for k in part) else convert_unet_state_dict_to_peft(part)
+        else:
+            converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+            if not hasattr(pipe.text_encoder, "text_model"):
+                converted = {k.removeprefix("text_model."): i for k, i in converted.items()}
+        for peft_key, index in converted.items():
+            module, layer_part = peft_key, ""
+            for marker in ("lora_A", "lora_B", "lora_magnitude_vector"):
+                if f".{marker}" in peft_key:
+                    module, layer_part = peft_key.split(f".{marker}")[0], marker
+                    break
+            names[keys[index]] = (component, module, layer_part)
+    return names
 
 
 def _misfit(module: torch.nn.Module, part: str, tensor: torch.Tensor) -> str:

@@ -125,14 +125,18 @@ class AdapterPool:
                  output_type: str = "pil") -> list:
         """Images for `prompt` with the named LoRAs at their strengths; LoRAs not named are off."""
         with self._lock:
-            for name in strengths or {}:
-                self._entry(name)
-                self._entries.move_to_end(name)
-            chosen = [(n, float(w)) for n, w in (strengths or {}).items() if float(w) != 0.0]
-            self._activate(chosen)
+            self.set_strengths(strengths or {})
             self._compile_once()
             return render(self.pipe, prompt, negative_prompt, seed, steps, guidance, width, height,
                           num_images, output_type)
+
+    def set_strengths(self, strengths: dict[str, float]) -> None:
+        """Make exactly these LoRAs active at these strengths (0 or absent: off); nothing is reloaded."""
+        with self._lock:
+            for name in strengths:
+                self._entry(name)
+                self._entries.move_to_end(name)
+            self._activate([(n, float(w)) for n, w in strengths.items() if float(w) != 0.0])
 
     def grid(self, prompts: list[str], strengths=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0,
              loras: list[str] | None = None, **options):
@@ -285,12 +289,17 @@ def _quiet_loaders():
     """Silence diffusers' and peft's key warnings while injecting: the LoadReport says what did not match,
     and diffusers' missing-key check matches adapter names as substrings ("a" in "ak"), so it cries wolf."""
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
-    level = diffusers_logging.get_verbosity()
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
             yield
     finally:
-        diffusers_logging.set_verbosity(level)
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        transformers_logging.enable_progress_bar()
