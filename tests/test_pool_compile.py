@@ -31,8 +31,9 @@ def test_hotswap_swaps_loras_without_recompiling(tmp_path, tiny_pipe):
 
     pool = AdapterPool("tiny", compile=True, compile_backend="eager", target_rank=8)
     assert pool.load("a", a).hotswap and pool.load("b", b).hotswap
-    report = pool.load("te", te)
+    report = pool.load("te", te)  # before the first compile, so the graph already has its layers
     assert not report.hotswap and "text-encoder" in report.note
+    assert "te" in pool.pipe.get_list_adapters()["text_encoder"]
 
     def run(strengths):
         return pool.generate("a boat", seed=4, strengths=strengths, **QUICK)[0].numpy()
@@ -52,6 +53,4 @@ def test_hotswap_swaps_loras_without_recompiling(tmp_path, tiny_pipe):
     assert np.allclose(first_a, plain["a"], atol=1e-5) and np.allclose(swapped_b, plain["b"], atol=1e-5)
     assert np.array_equal(base, plain["base"])
     assert np.abs(first_a - swapped_b).max() > 1e-3 and np.abs(first_a - half_a).max() > 1e-4
-    with_te = run({"te": 1.0})  # loaded the normal way: it may recompile, and it works
-    assert np.abs(with_te - base).max() > 1e-3
-    assert np.array_equal(run({"a": 1.0}), first_a)
+    # Using "te" works too (it is an ordinary adapter) but recompiles; test_pool.py covers its images.
