@@ -1,0 +1,88 @@
+"""Comparison grids: images in rows and columns with labels, as one picture.
+
+    sheet = compose_grid([[a0, a1], [b0, b1]], ["strength 0", "strength 1"], ["a cat", "a dog"], "seed 7")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+PAD = 4
+BACKGROUND = (255, 255, 255)
+INK = (20, 20, 20)
+
+
+@dataclass
+class _Layout:
+    cell_w: int
+    cell_h: int
+    label_w: int
+    head_h: int
+    line_h: int
+    font: object
+
+    def cell(self, row: int, col: int) -> tuple[int, int, int, int]:
+        left = self.label_w + col * (self.cell_w + PAD) + PAD
+        top = self.head_h + row * (self.cell_h + PAD)
+        return left, top, left + self.cell_w, top + self.cell_h
+
+
+def _layout(rows: list[list[Image.Image]], row_labels: list[str], title: str) -> _Layout:
+    if not rows or not rows[0]:
+        raise ValueError("a grid needs at least one image")
+    cell_w, cell_h = rows[0][0].size
+    font = _font(max(10, cell_h // 10))
+    line_h = _text_size(font, "Ag")[1] + PAD
+    label_w = min(max(_text_size(font, text)[0] for text in [*row_labels, title]) + 2 * PAD, 3 * cell_w)
+    return _Layout(cell_w, cell_h, label_w, line_h * (2 if title else 1) + PAD, line_h, font)
+
+
+def compose_grid(rows: list[list[Image.Image]], col_labels: list[str], row_labels: list[str],
+                 title: str = "") -> Image.Image:
+    """Lay `rows` of equal-sized images on a white sheet, column labels on top and row labels on the left."""
+    at = _layout(rows, row_labels, title)
+    ncols = max(len(row) for row in rows)
+    right, bottom = at.cell(len(rows) - 1, ncols - 1)[2:]
+    sheet = Image.new("RGB", (right + PAD, bottom + PAD), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((PAD, PAD), title, fill=INK, font=at.font)
+    for col, text in enumerate(col_labels):
+        draw.text((at.cell(0, col)[0], at.head_h - at.line_h), _fit(draw, at.font, text, at.cell_w),
+                  fill=INK, font=at.font)
+    for r, (row, text) in enumerate(zip(rows, row_labels, strict=True)):
+        top = at.cell(r, 0)[1]
+        label = _fit(draw, at.font, text, at.label_w - 2 * PAD)
+        draw.text((PAD, top + at.cell_h // 2 - at.line_h // 2), label, fill=INK, font=at.font)
+        for col, image in enumerate(row):
+            sheet.paste(image.convert("RGB"), at.cell(r, col)[:2])
+    return sheet
+
+
+def cell_box(rows: list[list[Image.Image]], row_labels: list[str], row: int, col: int,
+             title: str = "") -> tuple[int, int, int, int]:
+    """Where cell (row, col) lies in the sheet compose_grid makes from the same arguments (to crop it)."""
+    return _layout(rows, row_labels, title).cell(row, col)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(font, text: str) -> tuple[int, int]:
+    left, top, right, bottom = font.getbbox(text or " ")
+    return int(right - left), int(bottom - top)
+
+
+def _fit(draw: ImageDraw.ImageDraw, font, text: str, width: int) -> str:
+    """Shorten `text` with an ellipsis until it fits `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"

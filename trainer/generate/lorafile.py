@@ -1,0 +1,225 @@
+"""Read a LoRA file safely and match it against a pipeline before anything touches the model.
+
+    lora = read_lora_file("style.safetensors")          # LoraFileError for anything that is not a sound file
+    plan = plan_lora(pipe, lora)                         # LoraFileError when it does not fit this model
+    plan.unmatched                                       # keys that match no layer (reported, not loaded)
+
+Both kohya/A1111 keys (`lora_unet_…`, `lora_te_…`, `.alpha`) and diffusers/PEFT keys (`unet.….lora_A.weight`,
+`unet.….lora.down.weight`) are read; diffusers' own converters turn them into one form. Only safetensors is
+ever opened: a pickle is refused by its first bytes, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from trainer.errors import LoraFileError
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+COMPONENTS = ("unet", "text_encoder")
+_DIFFUSERS_PARTS = ("lora_A", "lora_B", "lora.down", "lora.up", "lora_linear_layer")
+_REFETCH = "Download or copy the file again; if it is not a LoRA, pick the right file."
+
+
+@dataclass
+class LoraFile:
+    """A LoRA file whose header and tensors were read and checked."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    format: str
+    """`kohya` (A1111 keys) or `diffusers` (diffusers/PEFT keys)."""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+@dataclass
+class LoraPlan:
+    """What of a LoRA file fits a pipeline: the state dict to load and what was left out."""
+
+    state_dict: dict[str, torch.Tensor]
+    """Diffusers-form keys (`unet.…`, `text_encoder.…`), only those that match a layer."""
+    network_alphas: dict[str, float] | None
+    adapter_metadata: dict | None
+    modules: set[str] = field(default_factory=set)
+    """Matched layers as `component.module.path`."""
+    unmatched: list[str] = field(default_factory=list)
+    """Keys of the file that match no layer of this model; they are not loaded."""
+    rank: int = 0
+    source: str = ""
+    """The file the plan was made from (for error messages)."""
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return any(m.startswith("text_encoder.") for m in self.modules)
+
+    def component(self, name: str) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict.items() if k.startswith(f"{name}.")}
+
+
+def read_lora_file(path: str | Path) -> LoraFile:
+    """Check the safetensors framing by hand (length, header, offsets), then load the tensors."""
+    path = Path(path)
+    header = _read_header(path)
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types; all mean "unreadable"
+        raise LoraFileError(f"could not be read as safetensors ({err})", where=str(path),
+                            fix=_REFETCH) from err
+    metadata = header.get("__metadata__") or {}
+    keys = list(tensors)
+    if not keys:
+        raise LoraFileError("holds no tensors", where=str(path), fix=_REFETCH)
+    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        fmt = "kohya"
+    elif any(part in k for k in keys for part in _DIFFUSERS_PARTS):
+        fmt = "diffusers"
+    else:
+        raise LoraFileError(f"holds no LoRA weights (its first keys: {', '.join(sorted(keys)[:3])})",
+                            where=str(path), fix="Pick a LoRA file (kohya/A1111 or diffusers/PEFT keys).")
+    return LoraFile(path=path, tensors=tensors, metadata=dict(metadata), format=fmt)
+
+
+def _read_header(path: Path) -> dict:
+    if not path.is_file():
+        raise LoraFileError("does not exist", where=str(path), fix="Check the path.")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise LoraFileError("is a PyTorch pickle (.ckpt/.pt), not safetensors; pickles can run code "
+                                "and are never loaded", where=str(path),
+                                fix="Convert it to .safetensors with a tool you trust, or get a safetensors "
+                                    "release.")
+        if len(head) < 8:
+            raise LoraFileError(f"is not a safetensors file (only {size} bytes)", where=str(path),
+                                fix=_REFETCH)
+        length = int.from_bytes(head, "little")
+        if length > size - 8 or length > MAX_HEADER_BYTES:
+            raise LoraFileError(f"is not a complete safetensors file: its header claims {length} bytes but "
+                                f"the file holds only {size - 8} after the length field (truncated or not "
+                                "safetensors)", where=str(path), fix=_REFETCH)
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LoraFileError("is not a safetensors file (its header is not JSON)", where=str(path),
+                            fix=_REFETCH) from err
+    if not isinstance(header, dict):
+        raise LoraFileError("is not a safetensors file (its header is not a table)", where=str(path),
+                            fix=_REFETCH)
+    ends = [info["data_offsets"][1] for key, info in header.items()
+            if key != "__metadata__" and isinstance(info, dict) and "data_offsets" in info]
+    data_size = size - 8 - length
+    if ends and max(ends) > data_size:
+        raise LoraFileError(f"is truncated: its header describes {max(ends)} bytes of tensors but only "
+                            f"{data_size} are there", where=str(path), fix=_REFETCH)
+    return header
+
+
+def plan_lora(pipe, lora: LoraFile) -> LoraPlan:
+    """Convert the keys with diffusers, keep those that fit a layer, refuse a file that does not fit."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    try:
+        state_dict, alphas = type(pipe).lora_state_dict(dict(lora.tensors))
+    except (ValueError, KeyError) as err:
+        raise LoraFileError(f"has keys that are not LoRA layers diffusers can read "
+                            f"({str(err).strip()[:300]})", where=str(lora.path),
+                            fix="Use a LoRA (not LyCORIS/LoHa/LoKr) file.") from err
+    raw_meta = lora.metadata.get(LORA_ADAPTER_METADATA_KEY)
+    adapter_metadata = json.loads(raw_meta) if raw_meta else None
+    plan = LoraPlan(state_dict={}, network_alphas=alphas or None, adapter_metadata=adapter_metadata,
+                    source=str(lora.path))
+    modules = {name: dict(getattr(pipe, name).named_modules())
+               for name in COMPONENTS if getattr(pipe, name, None) is not None}
+    misfits: list[str] = []
+    names = _peft_names(pipe, list(state_dict))
+    for key, tensor in state_dict.items():
+        component, module_name, part = names.get(key, ("", "", ""))
+        module = modules.get(component, {}).get(module_name)
+        if module is None:
+            plan.unmatched.append(key)
+            continue
+        problem = _misfit(module, part, tensor)
+        if problem:
+            misfits.append(f"{component}.{module_name} {problem}")
+            continue
+        plan.state_dict[key] = tensor
+        plan.modules.add(f"{component}.{module_name}")
+        if part == "lora_B" and tensor.ndim >= 2:
+            plan.rank = max(plan.rank, int(tensor.shape[1]))
+    _refuse_misfits(lora, plan, misfits)
+    return plan
+
+
+def _refuse_misfits(lora: LoraFile, plan: LoraPlan, misfits: list[str]) -> None:
+    made_for = lora.metadata.get("ss_base_model_version")
+    hint = f" (the file says it was made for {made_for})" if made_for else ""
+    fix = "Load it with the base model it was trained on."
+    if misfits:
+        raise LoraFileError(f"does not fit this model: {len(misfits)} layers have other sizes, e.g. "
+                            f"{misfits[0]}; it was made for another model family or size{hint}",
+                            where=str(lora.path), fix=fix)
+    if not plan.state_dict:
+        example = plan.unmatched[0] if plan.unmatched else "none"
+        raise LoraFileError(f"matches no layer of this model ({len(plan.unmatched)} keys, e.g. {example}); "
+                            f"it was made for another model family{hint}", where=str(lora.path), fix=fix)
+
+
+def _peft_names(pipe, keys: list[str]) -> dict[str, tuple[str, str, str]]:
+    """`unet.a.b.to_q.lora.down.weight` -> (`unet`, `a.b.to_q`, `lora_A`), by diffusers' own converters.
+
+    The converters only rename keys, so each key goes in with its index as the value and is found again by it.
+    """
+    from diffusers.utils import (
+        convert_state_dict_to_diffusers,
+        convert_state_dict_to_peft,
+        convert_unet_state_dict_to_peft,
+    )
+
+    names: dict[str, tuple[str, str, str]] = {}
+    for component in COMPONENTS:
+        prefix = f"{component}."
+        part = {k.removeprefix(prefix): i for i, k in enumerate(keys) if k.startswith(prefix)}
+        if not part:
+            continue
+        if component == "unet":
+            converted = part if any("lora_A" in k for k in part) else convert_unet_state_dict_to_peft(part)
+        else:
+            converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
+            if not hasattr(pipe.text_encoder, "text_model"):
+                converted = {k.removeprefix("text_model."): i for k, i in converted.items()}
+        for peft_key, index in converted.items():
+            module, layer_part = peft_key, ""
+            for marker in ("lora_A", "lora_B", "lora_magnitude_vector"):
+                if f".{marker}" in peft_key:
+                    module, layer_part = peft_key.split(f".{marker}")[0], marker
+                    break
+            names[keys[index]] = (component, module, layer_part)
+    return names
+
+
+def _misfit(module: torch.nn.Module, part: str, tensor: torch.Tensor) -> str:
+    """Why `tensor` cannot be the `part` of a LoRA on `module` ("" when it fits)."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    if isinstance(base, torch.nn.Linear):
+        size_in, size_out = base.in_features, base.out_features
+    elif isinstance(base, torch.nn.Conv2d):
+        size_in, size_out = base.in_channels, base.out_channels
+    else:
+        return f"is a {type(base).__name__}, which takes no LoRA"
+    if part == "lora_A" and tensor.shape[1] != size_in:
+        return f"takes {size_in} inputs, the file has {tensor.shape[1]}"
+    if part == "lora_B" and tensor.shape[0] != size_out:
+        return f"gives {size_out} outputs, the file has {tensor.shape[0]}"
+    return ""
