@@ -1,0 +1,131 @@
+"""What every tab shares: the home layout, the job supervisor, the adapter pool and the GPU-sharing rule.
+
+    studio = Studio(home=Path("~/.lora-studio").expanduser(), base_model="tiny")
+    studio.supervisor.submit(config)          # trainer.jobs
+    with studio.preview() as pool:            # trainer.generate.AdapterPool, one preview at a time
+        pool.generate("a cat", strengths={"mine": 1.0})
+
+GPU sharing: training always wins. Previews are queued (one at a time, behind a lock), and while a job is
+running the pool is kept off the GPU (it runs on the CPU), so a preview can never push a training job out
+of memory. With no job running, previews use the default device; an idle pool gives its memory back
+after `idle_s` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.security import MAX_UPLOAD_FILES, MAX_UPLOAD_MB, inside, safe_name
+
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class Studio:
+    home: Path
+    """`<home>`: datasets, loras, jobs and the job database live here."""
+    base_model: str = "tiny"
+    """Base model for new jobs and for the preview pool."""
+    idle_s: float = 300.0
+    """Seconds without a preview after which the pool frees its memory."""
+    max_upload_mb: int = MAX_UPLOAD_MB
+    """Largest single uploaded file, in MB (gradio answers 413 above it)."""
+    max_upload_files: int = MAX_UPLOAD_FILES
+    """Most files in one upload."""
+    _supervisor: Any = None
+    _pool: Any = None
+    _pool_device: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _last_used: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser().resolve()
+        for folder in (self.datasets_dir, self.loras_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def loras_dir(self) -> Path:
+        return self.home / "loras"
+
+    def dataset_path(self, name: str) -> Path:
+        """The folder of dataset `name`, refusing names that are not plain or escape `<home>/datasets`."""
+        return inside(self.datasets_dir, safe_name(name, what="dataset name"))
+
+    def dataset_names(self) -> list[str]:
+        return sorted(
+            p.name for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+
+    def lora_files(self) -> dict[str, Path]:
+        """Library LoRAs by name (kohya-key files; the `.peft` twins are the same LoRA)."""
+        files = sorted(self.loras_dir.glob("*.safetensors"))
+        return {
+            p.name.removesuffix(".safetensors"): p for p in files if not p.name.endswith(".peft.safetensors")
+        }
+
+    @property
+    def supervisor(self) -> Any:
+        if self._supervisor is None:
+            from trainer.jobs import Supervisor
+
+            self._supervisor = Supervisor(self.home, max_concurrent=1)
+        return self._supervisor
+
+    def training_running(self) -> bool:
+        return any(job["status"] == "running" for job in self.supervisor.list())
+
+    def _preview_device(self) -> str | None:
+        """CPU while a job trains (the GPU is the job's); otherwise the pool's own default."""
+        return "cpu" if self.training_running() else None
+
+    @contextlib.contextmanager
+    def preview(self) -> Iterator[Any]:
+        """The adapter pool, on the device the GPU-sharing rule allows, held by one caller at a time."""
+        with self._lock:
+            device = self._preview_device()
+            if self._pool is None or device != self._pool_device:
+                self._release_locked()
+                from trainer.generate import AdapterPool
+
+                self._pool = AdapterPool(self.base_model, device=device)
+                self._pool_device = device
+            self._last_used = time.monotonic()
+            try:
+                yield self._pool
+            finally:
+                self._last_used = time.monotonic()
+
+    def release_if_idle(self) -> bool:
+        """Free the pool's memory when no preview ran for `idle_s` seconds; True when it was freed."""
+        if self._pool is None or time.monotonic() - self._last_used < self.idle_s:
+            return False
+        with self._lock:
+            self._release_locked()
+        return True
+
+    def _release_locked(self) -> None:
+        pool, self._pool, self._pool_device = self._pool, None, None
+        if pool is not None and hasattr(pool, "release"):
+            pool.release()
+
+    def start_idle_watch(self, every_s: float = 30.0) -> threading.Thread:
+        """A daemon thread that calls `release_if_idle` every `every_s` seconds."""
+
+        def watch() -> None:
+            while True:
+                time.sleep(every_s)
+                self.release_if_idle()
+
+        thread = threading.Thread(target=watch, name="pool-idle-watch", daemon=True)
+        thread.start()
+        return thread
