@@ -92,7 +92,7 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
             strengths=strengths,
         )
         swap = _swap_seconds(pool)
-        device = studio._pool_device or "default device"
+        device = studio.pool_device() or "?"
     mix = ", ".join(f"{n} × {w:g}" for n, w in strengths.items()) or "no LoRA (base model)"
     info = f"{mix} · seed {req.seed} · {time.perf_counter() - started:.1f}s on {device}"
     if swap is not None:

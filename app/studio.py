@@ -5,15 +5,17 @@
     with studio.preview() as pool:            # trainer.generate.AdapterPool, one preview at a time
         pool.generate("a cat", strengths={"mine": 1.0})
 
-GPU sharing: training always wins. Previews are queued (one at a time, behind a lock), and while a job is
-running the pool is kept off the GPU (it runs on the CPU), so a preview can never push a training job out
-of memory. With no job running, previews use the default device; an idle pool gives its memory back
-after `idle_s` seconds.
+GPU sharing: training always wins. Previews are queued (one at a time, behind a lock). While a job is
+running the pool is kept off the GPU (previews run on the CPU, slower but safe), and a pool that sits on
+the GPU is released before a job is submitted, so a preview never pushes a training job out of memory.
+With no job running, previews use the GPU; an idle pool gives its memory back after `idle_s` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -81,18 +83,21 @@ class Studio:
             self._supervisor = Supervisor(self.home, max_concurrent=1)
         return self._supervisor
 
-    def training_running(self) -> bool:
-        return any(job["status"] == "running" for job in self.supervisor.list())
+    def training_running(self, jobs: list[dict] | None = None) -> bool:
+        jobs = self.supervisor.list() if jobs is None else jobs
+        return any(job["status"] == "running" for job in jobs)
 
-    def _preview_device(self) -> str | None:
-        """CPU while a job trains (the GPU is the job's); otherwise the pool's own default."""
-        return "cpu" if self.training_running() else None
+    def _preview_device(self, training: bool) -> str:
+        """CPU while a job trains (the GPU is the job's); otherwise the GPU when there is one."""
+        import torch
+
+        return "cuda" if torch.cuda.is_available() and not training else "cpu"
 
     @contextlib.contextmanager
     def preview(self) -> Iterator[Any]:
         """The adapter pool, on the device the GPU-sharing rule allows, held by one caller at a time."""
         with self._lock:
-            device = self._preview_device()
+            device = self._preview_device(self.training_running())
             if self._pool is None or device != self._pool_device:
                 self._release_locked()
                 from trainer.generate import AdapterPool
@@ -105,6 +110,22 @@ class Studio:
             finally:
                 self._last_used = time.monotonic()
 
+    def pool_device(self) -> str | None:
+        """Where the preview pool lives now (None: not loaded)."""
+        return self._pool_device
+
+    def yield_gpu(self, jobs: list[dict] | None = None) -> bool:
+        """Free the pool's GPU memory when a job is (about to be) training; True when it did.
+
+        Called before a job is submitted and on every job-list refresh, so a pool that was on the GPU
+        when no job ran never competes with a job that starts later. Waits for a running preview.
+        """
+        if self._pool_device in (None, "cpu") or (jobs is not None and not self.training_running(jobs)):
+            return False
+        with self._lock:
+            self._release_locked()
+        return True
+
     def release_if_idle(self) -> bool:
         """Free the pool's memory when no preview ran for `idle_s` seconds; True when it was freed."""
         if self._pool is None or time.monotonic() - self._last_used < self.idle_s:
@@ -115,8 +136,15 @@ class Studio:
 
     def _release_locked(self) -> None:
         pool, self._pool, self._pool_device = self._pool, None, None
-        if pool is not None and hasattr(pool, "release"):
+        if pool is None:
+            return
+        if hasattr(pool, "release"):
             pool.release()
+        del pool
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()  # hand the cached blocks back so a training job can use them
 
     def start_idle_watch(self, every_s: float = 30.0) -> threading.Thread:
         """A daemon thread that calls `release_if_idle` every `every_s` seconds."""

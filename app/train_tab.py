@@ -25,6 +25,7 @@ def start_job(studio: Studio, values: dict[str, Any], dataset: str) -> str:
     if not dataset:
         raise StudioError("no dataset is selected", fix="Pick a dataset (make one in the Datasets tab).")
     config = forms.values_to_config(values, studio.home, dataset=dataset)
+    studio.yield_gpu()  # the job gets the whole GPU: a preview pool sitting there steps aside first
     return studio.supervisor.submit(config)
 
 
@@ -137,6 +138,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
 
     def refresh(selected: str | None) -> list[Any]:
         jobs = studio.supervisor.list()
+        studio.yield_gpu(jobs)
         ids = [j["id"] for j in jobs]
         if selected not in ids:
             selected = ids[-1] if ids else None
@@ -178,7 +180,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         return gr.update(choices=studio.dataset_names()), word
 
     form_inputs = {c["dataset"], c["job"], *fields.values()}
-    c["start"].click(start, form_inputs, [c["message"], *view_out], api_name="start_job")
+    c["start"].click(start, form_inputs, [c["message"], *view_out], api_name="start_job", trigger_mode="once")
     for action, button in (("stop", c["stop"]), ("force", c["force"]), ("resume", c["resume"])):
         button.click(command(action), c["job"], [c["message"], *view_out], api_name=f"{action}_job")
     c["timer"].tick(refresh, c["job"], view_out, api_name=False, show_progress="hidden")
