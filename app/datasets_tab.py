@@ -224,19 +224,19 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         add, [c["dataset"], c["upload"]], [c["message"], *outputs, c["upload"]], api_name="import_files"
     )
     c["save"].click(
-        lambda n, rows: _safe(save_captions, studio, n or "", _rows(rows))[1],
+        lambda name, rows: _safe(save_captions, studio, name or "", _rows(rows))[1],
         [c["dataset"], c["captions"]],
         c["message"],
         api_name="save_captions",
     )
     c["save_trigger"].click(
-        lambda n, w: _safe(save_trigger, studio, n or "", w)[1],
+        lambda name, word: _safe(save_trigger, studio, name or "", word)[1],
         [c["dataset"], c["trigger"]],
         c["message"],
         api_name="save_trigger",
     )
     c["doctor"].click(
-        lambda n: _safe(run_doctor, studio, n or "")[1], c["dataset"], c["report"], api_name="doctor"
+        lambda name: _safe(run_doctor, studio, name or "")[1], c["dataset"], c["report"], api_name="doctor"
     )
     c["on_load"] = (lambda: gr.update(choices=studio.dataset_names()), [], [c["dataset"]])
 

@@ -153,6 +153,11 @@ def make_widget(f: Field, value: Any = None) -> gr.components.Component:
     return gr.Textbox(value=value, **common)
 
 
+def param_name(key: str) -> str:
+    """The API parameter name of a field (`train.steps` -> `train_steps`), for gradio_client callers."""
+    return key.replace(".", "_")
+
+
 def build_fields(fields: tuple[Field, ...]) -> dict[str, gr.components.Component]:
     """Create the widgets of `fields` in the current layout, keyed by dotted config key."""
     return {f.key: make_widget(f) for f in fields}

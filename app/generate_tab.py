@@ -24,6 +24,18 @@ SLOTS = 3
 MAX_SIDE = 1024
 
 
+REQUEST_KEYS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative",
+    "seed": "seed",
+    "steps": "steps",
+    "guidance": "guidance",
+    "width": "width",
+    "height": "height",
+}
+"""API parameter name -> component name of the generation settings."""
+
+
 @dataclass
 class Request:
     prompt: str
@@ -202,22 +214,25 @@ def build(studio: Studio) -> dict[str, Any]:
 
 def _wire(studio: Studio, c: dict[str, Any]) -> None:
     pickers = [p for p, _ in c["slots"]]
-    req_keys = ["prompt", "negative", "seed", "steps", "guidance", "width", "height"]
-    req_inputs = [c[k] for k in req_keys]
+    request_inputs = {name: c[key] for name, key in REQUEST_KEYS.items()}
+    slot_inputs = {}
+    for i, (pick, weight) in enumerate(c["slots"], start=1):
+        slot_inputs |= {f"lora_{i}": pick, f"strength_{i}": weight}
 
-    def request(values: list[Any]) -> Request:
-        return Request(*values)
-
-    def run_generate(*args: Any) -> tuple[Any, str]:
-        req, slots = request(list(args[: len(req_keys)])), args[len(req_keys) :]
-        strengths = {slots[i]: float(slots[i + 1]) for i in range(0, len(slots), 2) if slots[i]}
+    def run_generate(**values: Any) -> tuple[Any, str]:
+        req = Request(**{name: values.pop(name) for name in REQUEST_KEYS})
+        strengths = {
+            values[f"lora_{i}"]: float(values[f"strength_{i}"])
+            for i in range(1, SLOTS + 1)
+            if values.get(f"lora_{i}")
+        }
         try:
             return generate(studio, req, strengths)
         except StudioError as err:
             return None, f"**Error:** {err}"
 
-    def run_grid(*args: Any) -> tuple[Any, str]:
-        req, (name, prompts, strengths) = request(list(args[: len(req_keys)])), args[len(req_keys) :]
+    def run_grid(lora: str | None, prompts: str, strengths: str, **values: Any) -> tuple[Any, str]:
+        req = Request(**values)
         try:
             weights = [float(s) for s in str(strengths).replace(";", ",").split(",") if s.strip()]
         except ValueError:
@@ -227,7 +242,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
             )
         lines = [p.strip() for p in str(prompts or "").splitlines() if p.strip()] or [req.prompt]
         try:
-            return grid(studio, req, name, lines, weights)
+            return grid(studio, req, lora or "", lines, weights)
         except StudioError as err:
             return None, f"**Error:** {err}"
 
@@ -238,20 +253,21 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
             text = f"**Error:** {err}"
         return [text, None, *[gr.update(choices=list(studio.lora_files())) for _ in pickers]]
 
-    slot_inputs = [comp for pair in c["slots"] for comp in pair]
     c["generate"].click(
         run_generate,
-        req_inputs + slot_inputs,
+        None,
         [c["image"], c["info"]],
         api_name="generate",
         concurrency_limit=1,
+        inputs_kwargs=request_inputs | slot_inputs,
     )
     c["grid"].click(
         run_grid,
-        req_inputs + [pickers[0], c["grid_prompts"], c["grid_strengths"]],
+        [pickers[0], c["grid_prompts"], c["grid_strengths"]],
         [c["image"], c["info"]],
         api_name="grid",
         concurrency_limit=1,
+        inputs_kwargs=request_inputs,
     )
     c["add"].click(
         run_add, [c["upload"], c["upload_name"]], [c["info"], c["upload"], *pickers], api_name="add_lora"

@@ -126,6 +126,8 @@ def build(studio: Studio) -> dict[str, Any]:
                 label="Downloads", file_count="multiple", interactive=False, elem_id="train-downloads"
             )
             c["log"] = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False, elem_id="train-log")
+            with gr.Accordion("Job details", open=False):
+                c["details"] = gr.JSON(label="Job", elem_id="train-details")
     c["timer"] = gr.Timer(REFRESH_S)
     _wire(studio, c)
     return c
@@ -133,8 +135,17 @@ def build(studio: Studio) -> dict[str, Any]:
 
 def _wire(studio: Studio, c: dict[str, Any]) -> None:
     fields: dict[str, Any] = c["fields"]
-    keys = {comp: key for key, comp in fields.items()}
-    view_out = [c["jobs"], c["job"], c["status"], c["loss"], c["samples"], c["log"], c["downloads"]]
+    params = {forms.param_name(key): key for key in fields}
+    view_out = [
+        c["jobs"],
+        c["job"],
+        c["status"],
+        c["loss"],
+        c["samples"],
+        c["log"],
+        c["downloads"],
+        c["details"],
+    ]
 
     def refresh(selected: str | None) -> list[Any]:
         jobs = studio.supervisor.list()
@@ -144,16 +155,23 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
             selected = ids[-1] if ids else None
         out = [job_rows(jobs), gr.update(choices=job_choices(jobs), value=selected)]
         if selected is None:
-            return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", []]
+            return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None]
         view = job_view(studio, selected)
-        return out + [view["status"], view["loss"], view["samples"], view["log"], view["downloads"]]
+        return out + [
+            view["status"],
+            view["loss"],
+            view["samples"],
+            view["log"],
+            view["downloads"],
+            view["job"],
+        ]
 
-    def start(values: dict[Any, Any]) -> list[Any]:
-        named = {keys[comp]: value for comp, value in values.items() if comp in keys}
+    def start(dataset: str | None, selected: str | None, **values: Any) -> list[Any]:
+        named = {params[name]: value for name, value in values.items()}
         try:
-            job_id = start_job(studio, named, values[c["dataset"]])
+            job_id = start_job(studio, named, dataset or "")
         except StudioError as err:
-            return [f"**Could not start:** {err}"] + refresh(values[c["job"]])
+            return [f"**Could not start:** {err}"] + refresh(selected)
         return [f"Queued job **{job_id}**."] + refresh(job_id)
 
     def command(action: str) -> Any:
@@ -179,12 +197,18 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         word = read_trigger(studio, name) if name else ""
         return gr.update(choices=studio.dataset_names()), word
 
-    form_inputs = {c["dataset"], c["job"], *fields.values()}
-    c["start"].click(start, form_inputs, [c["message"], *view_out], api_name="start_job", trigger_mode="once")
+    c["start"].click(
+        start,
+        [c["dataset"], c["job"]],
+        [c["message"], *view_out],
+        api_name="start_job",
+        inputs_kwargs={forms.param_name(key): comp for key, comp in fields.items()},
+        trigger_mode="once",
+    )
     for action, button in (("stop", c["stop"]), ("force", c["force"]), ("resume", c["resume"])):
         button.click(command(action), c["job"], [c["message"], *view_out], api_name=f"{action}_job")
     c["timer"].tick(refresh, c["job"], view_out, api_name=False, show_progress="hidden")
-    c["job"].input(refresh, c["job"], view_out, api_name=False)
+    c["job"].input(refresh, c["job"], view_out, api_name="show_job")
     c["preset"].change(
         lambda p: [forms.preset_updates(p).get(k, gr.update()) for k in fields],
         c["preset"],
