@@ -45,7 +45,7 @@ ESSENTIALS = (
     Field(
         "data.resolution",
         "Resolution (0 = the model's own)",
-        choices=("0", "128", "256", "512", "768", "1024"),
+        choices=("0", "64", "128", "256", "512", "768", "1024"),
     ),
     Field("data.trigger_word", "Trigger word"),
 )

@@ -206,7 +206,9 @@ def build(studio: Studio) -> dict[str, Any]:
                 c["upload_name"] = gr.Textbox(label="Name (optional)", elem_id="gen-upload-name")
                 c["add"] = gr.Button("Add to library", elem_id="gen-add")
         with gr.Column(scale=3):
-            c["image"] = gr.Image(label="Preview", type="pil", interactive=False, elem_id="gen-image")
+            c["image"] = gr.Image(
+                label="Preview", type="pil", format="png", interactive=False, elem_id="gen-image"
+            )
             c["info"] = gr.Markdown(elem_id="gen-info")
     _wire(studio, c)
     return c

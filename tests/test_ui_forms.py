@@ -1,4 +1,4 @@
-"""The Train form maps onto TrainConfig in one place: every field is real, values round-trip, errors name fields."""
+"""The Train form maps onto TrainConfig in one place: every field is real, values round-trip."""
 
 from __future__ import annotations
 
@@ -14,15 +14,28 @@ def test_every_form_field_is_a_config_field_once():
     keys = [f.key for f in forms.ALL_FIELDS]
     assert len(keys) == len(set(keys))
     assert set(keys) <= set(forms.dataclass_keys())
-    for essential in ("model.base_model", "export.name", "train.steps", "network.rank", "optim.learning_rate",
-                      "data.resolution"):
+    for essential in (
+        "model.base_model",
+        "export.name",
+        "train.steps",
+        "network.rank",
+        "optim.learning_rate",
+        "data.resolution",
+    ):
         assert essential in [f.key for f in forms.ESSENTIALS]
 
 
 def test_widget_values_become_a_validated_config(tmp_path):
     values = forms.config_to_values(TrainConfig())
-    values.update({"train.steps": 12.0, "network.rank": 4.0, "data.resolution": "128",
-                   "sample.prompts": "a red cube\n\n a blue ball ", "optim.learning_rate": "0.001"})
+    values.update(
+        {
+            "train.steps": 12.0,
+            "network.rank": 4.0,
+            "data.resolution": "128",
+            "sample.prompts": "a red cube\n\n a blue ball ",
+            "optim.learning_rate": "0.001",
+        }
+    )
     config = forms.values_to_config(values, tmp_path, dataset="cats")
     assert config.train.steps == 12 and isinstance(config.train.steps, int)
     assert config.network.rank == 4

@@ -37,8 +37,23 @@ def test_logins_come_from_flag_file_and_environment(tmp_path):
         security.resolve_auth(None, str(tmp_path / "missing"), None)
 
 
-@pytest.mark.parametrize("bad", ["..", "../x", "a/../../b", "/etc/passwd", "C:\\win", ".env", "-rf", "a b", "",
-                                 "x;rm -rf /", "$(id)", "é"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "..",
+        "../x",
+        "a/../../b",
+        "/etc/passwd",
+        "C:\\win",
+        ".env",
+        "-rf",
+        "a b",
+        "",
+        "x;rm -rf /",
+        "$(id)",
+        "é",
+    ],
+)
 def test_unsafe_names_are_refused(bad):
     with pytest.raises(SecurityError):
         security.safe_name(bad)
@@ -69,10 +84,19 @@ def test_upload_count_is_limited():
 
 
 def _serve(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    env.pop("LORA_STUDIO_AUTH", None) if "LORA_STUDIO_AUTH" not in (env or {}) else None
-    return subprocess.run([sys.executable, "-m", "trainer.cli", "serve", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=ROOT)
+    env = (
+        {k: v for k, v in os.environ.items() if k != "LORA_STUDIO_AUTH"}
+        | {"PYTHONPATH": str(ROOT)}
+        | (env or {})
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "serve", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def test_serve_on_all_interfaces_without_a_login_is_refused(tmp_path):

@@ -30,7 +30,12 @@ def test_only_files_under_home_are_served(server, tmp_path):
 
     outside = tmp_path / "secret.txt"
     outside.write_text("secret")
-    for path in ["/etc/passwd", outside, f"{server.home}/../../../../etc/passwd", f"{server.home}/../secret.txt"]:
+    for path in [
+        "/etc/passwd",
+        outside,
+        f"{server.home}/../../../../etc/passwd",
+        f"{server.home}/../secret.txt",
+    ]:
         status, body = http_status(file_url(server, path))
         assert status == 403, (path, status)
         assert b"root:" not in body and b"secret" not in body.replace(b"secret.txt", b"")
@@ -47,7 +52,9 @@ def test_an_oversized_upload_is_refused(server):
     big = b"\x00" * (1024 * 1024 + 10)
     response = httpx.post(f"{server.url}/gradio_api/upload", files={"files": ("big.png", big, "image/png")})
     assert response.status_code == 413, response.text
-    small = httpx.post(f"{server.url}/gradio_api/upload", files={"files": ("small.png", b"\x89PNG", "image/png")})
+    small = httpx.post(
+        f"{server.url}/gradio_api/upload", files={"files": ("small.png", b"\x89PNG", "image/png")}
+    )
     assert small.status_code == 200
 
 

@@ -1,7 +1,7 @@
 """Start a real `lora-studio serve` process on 127.0.0.1 and a free port, for the UI tests.
 
-    with running_server(home) as server:
-        urllib.request.urlopen(server.url)
+with running_server(home) as server:
+    urllib.request.urlopen(server.url)
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = ROOT / "test-artifacts"
 
 
@@ -45,19 +53,37 @@ def free_port() -> int:
 
 def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "LORA_STUDIO_AUTH"}
-    env.update({"PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-                "OMP_NUM_THREADS": "1"})
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
 
-def start_server(home: Path, *args: str, host: str = "127.0.0.1", env: dict[str, str] | None = None,
-                 timeout_s: float = 90) -> Server:
+def start_server(
+    home: Path, *args: str, host: str = "127.0.0.1", env: dict[str, str] | None = None, timeout_s: float = 90
+) -> Server:
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "trainer.cli", "serve", "--host", host, "--port", str(port), "--home", str(home),
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--home",
+        str(home),
+        *args,
+    ]
     handle = open(log, "wb")  # noqa: SIM115 - the child writes to it for its whole life
     proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=serve_env(env), cwd=ROOT)
     server = Server(f"http://127.0.0.1:{port}", home, proc, log)
@@ -95,7 +121,9 @@ def running_server(home: Path, *args: str, **kwargs) -> Iterator[Server]:
         stop_server(server)
 
 
-def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def http_status(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """Status and body of a real HTTP request (errors are returned, not raised)."""
     request = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310 - test URLs
     try:
