@@ -1,0 +1,46 @@
+"""Shared fixtures: the tiny pipeline, the example dataset, a temporary LoRA Studio home, a quick config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def example_dataset() -> Path:
+    return ROOT / "datasets" / "example"
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe():
+    from trainer.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline("sd15")
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("LORA_STUDIO_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def quick_config(tmp_path, example_dataset):
+    """A config that trains a few steps on the example dataset at 64 px (fast on a CPU)."""
+    from trainer.config import load_config
+
+    def make(**overrides):
+        values = {"data.path": str(example_dataset), "data.resolution": 64, "train.steps": 4,
+                  "export.output_dir": str(tmp_path / "out"), "export.dtype": "float32"}
+        values.update(overrides)
+        return load_config(None, values)
+
+    return make

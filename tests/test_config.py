@@ -1,0 +1,71 @@
+"""Config: TOML in and out, and errors that name the dotted field and the fix before any model loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainer.config import CONFIG_VERSION, config_from_dict, load_config, save_config
+from trainer.errors import ConfigError
+
+
+def test_toml_round_trip_keeps_every_value_and_the_version(tmp_path):
+    config = load_config(None, {"train.steps": 123, "network.rank": 4, "sample.prompts": ["a cat"]})
+    path = save_config(config, tmp_path / "config.toml")
+    assert f"version = {CONFIG_VERSION}" in path.read_text()
+    again = load_config(path)
+    assert again == config
+    assert again.hash() == config.hash()
+
+
+def test_unknown_key_is_an_error_with_a_suggestion(tmp_path):
+    (tmp_path / "run.toml").write_text("[train]\nstepz = 10\n[optimizer]\nlr = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "run.toml")
+    message = str(info.value)
+    assert "train.stepz is not a known setting; did you mean train.steps?" in message
+    assert "optimizer is not a known setting" in message
+    assert "run.toml" in message
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"optim": {"learning_rate": -1}}, "optim.learning_rate must be > 0, got -1"),
+    ({"network": {"rank": 0}}, "network.rank must be 1..1024, got 0"),
+    ({"train": {"batch_size": "two"}}, "train.batch_size must be a whole number, got 'two'"),
+    ({"data": {"resolution": 100}}, "data.resolution must be 0 (the model's own) or a multiple of 8"),
+    ({"optim": {"lr_scheduler": "cosin"}}, "optim.lr_scheduler must be constant, linear or cosine"),
+    ({"export": {"name": "../evil"}}, "export.name must be letters, digits"),
+    ({"version": 99}, "version must be 1, got 99"),
+])
+def test_bad_values_name_the_field(values, expected):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(values)
+    assert expected in str(info.value)
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"train": {"steps": 0, "batch_size": 0}, "optim": {"learning_rate": 0}})
+    assert len(info.value.problems) == 3
+
+
+def test_cli_missing_data_folder_fails_fast_naming_the_path(tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--data", str(missing),
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "data.path" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert time.perf_counter() - started < 60  # failed before loading any model
+
+
+def test_cli_bad_flag_value_fails_before_training(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--lr", "-3",
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "optim.learning_rate must be > 0, got -3.0" in result.stderr
+    assert not (tmp_path / "out").exists()

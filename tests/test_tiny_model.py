@@ -1,0 +1,49 @@
+"""The embedded tiny model: SD 1.5's structure, deterministic weights, and a diffusers folder that loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from trainer.models.tiny import build_tiny_pipeline, weights_hash
+
+# Changes only if the architecture, the seed or torch's initialisers change (pinned torch in CI).
+EXPECTED_SD15_HASH = "29398df06aa42d0a212643b8519a31eafc86399af83005e6d1e581573d45bb07"
+
+
+def test_weights_are_the_same_on_every_build(tiny_pipe):
+    assert weights_hash(tiny_pipe) == weights_hash(build_tiny_pipeline("sd15"))
+    assert weights_hash(tiny_pipe) == EXPECTED_SD15_HASH, (
+        f"tiny model weights changed (torch {torch.__version__}); if intended, update EXPECTED_SD15_HASH")
+
+
+def test_keeps_sd15_block_structure(tiny_pipe):
+    unet = tiny_pipe.unet
+    assert len(unet.down_blocks) == 4 and len(unet.up_blocks) == 4
+    assert [hasattr(b, "attentions") for b in unet.down_blocks] == [True, True, True, False]
+    assert [hasattr(b, "attentions") for b in unet.up_blocks] == [False, True, True, True]
+    names = {n for n, _ in unet.named_modules()}
+    assert "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q" in names
+    assert "mid_block.attentions.0.transformer_blocks.0.attn2.to_out.0" in names
+    assert "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k" in names
+    assert 2 ** (len(tiny_pipe.vae.config.block_out_channels) - 1) == 8
+    assert tiny_pipe.tokenizer.model_max_length == 77
+    size_mb = sum(p.numel() for p in tiny_pipe.components["unet"].parameters()) * 4 / 1e6
+    assert size_mb < 20
+
+
+def test_cli_writes_a_folder_that_diffusers_loads_and_trains_on(tmp_path, example_dataset):
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path / "tiny"
+    subprocess.run([sys.executable, "-m", "trainer.cli", "tiny-model", str(folder)], check=True, timeout=300)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    assert weights_hash(pipe) == EXPECTED_SD15_HASH
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--base-model", str(folder), "--data",
+                    str(example_dataset), "--steps", "2", "--resolution", "64", "--output", str(out)],
+                   check=True, timeout=300, capture_output=True)
+    assert (out / "lora.safetensors").is_file()
+    assert 'base_model = "' + str(folder) in (out / "config.toml").read_text()

@@ -1,0 +1,156 @@
+"""Resumable checkpoints that a kill or a full disk cannot corrupt.
+
+    save_checkpoint(accelerator, workdir, state, keep_last=2)     # -> workdir/checkpoints/step-N/
+    found = latest_checkpoint(workdir)                             # newest folder whose marker exists
+    state = load_checkpoint(accelerator, found, config)            # refuses a config that breaks resuming
+
+A checkpoint is accelerate's `save_state` (optimizer, LR scheduler, RNG states; the UNet itself is not
+copied: a save hook in the loop writes only the LoRA tensors) plus `trainer_state.json` (step, epoch, data
+position, config). It is written under a temporary name, fsynced, renamed, and counts only once its marker
+file exists; older checkpoints are pruned only after that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from trainer.config import TrainConfig
+from trainer.errors import TrainingError
+from trainer.fileio import disk_error, fsync_dir
+
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+# Settings that may change between a run and its resumption; any other change breaks resuming.
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_last", "sample.", "export.",
+                     "data.cache_dir", "data.skip_bad_images", "model.allow_pickle")
+
+
+@dataclass
+class TrainerState:
+    step: int
+    micro_step: int
+    epoch: int
+    config: dict
+
+
+def checkpoints_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / "checkpoints"
+
+
+def save_checkpoint(accelerator, workdir: str | Path, state: TrainerState, keep_last: int) -> Path:
+    """Write `checkpoints/step-N` atomically (temp folder, fsync, rename, marker) and prune old ones."""
+    root = checkpoints_dir(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step}"
+    tmp = root / f".step-{state.step}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
+        _fsync_tree(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        (final / MARKER).write_text(str(state.step), encoding="utf-8")
+        _fsync_tree(final)
+        fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise disk_error(err, tmp) from err
+    _prune(root, keep_last)
+    return final
+
+
+def latest_checkpoint(workdir: str | Path) -> Path | None:
+    """The newest complete checkpoint; partial ones (no marker, temp names) are removed."""
+    root = checkpoints_dir(workdir)
+    if not root.is_dir():
+        return None
+    complete = []
+    for entry in root.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if match and (entry / MARKER).is_file():
+            complete.append((int(match.group(1)), entry))
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+    return max(complete)[1] if complete else None
+
+
+def resolve_resume(resume_from: str | Path) -> Path | None:
+    """A checkpoint folder as given, or the newest complete one under a run's workdir (None: start fresh)."""
+    path = Path(resume_from)
+    if (path / MARKER).is_file():
+        return path
+    if _STEP_DIR.match(path.name):
+        raise TrainingError("is not a complete checkpoint (its marker file is missing)", where=str(path),
+                            fix="Resume from the run folder to use its newest complete checkpoint.")
+    return latest_checkpoint(path)
+
+
+def read_state(checkpoint: str | Path) -> TrainerState:
+    path = Path(checkpoint) / STATE_FILE
+    return TrainerState(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) -> TrainerState:
+    """Restore optimizer, scheduler, RNG and LoRA state; refuse with a diff if the config changed incompatibly."""
+    state = read_state(checkpoint)
+    changes = resume_breaking_changes(state.config, config.to_dict())
+    if changes:
+        raise TrainingError(
+            "cannot be resumed with this config: these settings changed since the checkpoint:\n"
+            + "\n".join(f"  {c}" for c in changes),
+            where=str(checkpoint),
+            fix="Resume with the run's own config.toml, or start a new run.",
+        )
+    accelerator.load_state(str(checkpoint))
+    return state
+
+
+def resume_breaking_changes(saved: dict, current: dict) -> list[str]:
+    """`field: old -> new` for every changed setting that resuming cannot absorb."""
+    changes = []
+    for key, old, new in _diff(saved, current):
+        if key.startswith(RESUMABLE_CHANGES):
+            if key == "train.steps" and current["optim"]["lr_scheduler"] != "constant" and old != new:
+                changes.append(f"{key}: {old!r} -> {new!r} (the {current['optim']['lr_scheduler']} "
+                               "schedule depends on the total steps)")
+            continue
+        changes.append(f"{key}: {old!r} -> {new!r}")
+    return changes
+
+
+def _diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def _prune(root: Path, keep_last: int) -> None:
+    complete = sorted(
+        (int(m.group(1)), e) for e in root.iterdir()
+        if (m := _STEP_DIR.match(e.name)) and (e / MARKER).is_file()
+    )
+    for _, old in complete[:-keep_last]:
+        (old / MARKER).unlink(missing_ok=True)  # un-mark first: a kill mid-delete leaves no half checkpoint
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(folder)

@@ -1,0 +1,75 @@
+"""What a training run tells the outside world: small event dataclasses, one per kind.
+
+    train(config, on_event=lambda e: print(e.kind, e.to_dict()))
+
+The job runner writes them to `events.jsonl` one JSON object a line; the CLI draws a progress bar from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class Event:
+    kind: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+
+@dataclass
+class Started(Event):
+    kind: ClassVar[str] = "started"
+    total_steps: int
+    start_step: int
+    device: str
+    mixed_precision: str
+    cached_text: bool
+    cached_latents: bool
+    num_images: int
+
+
+@dataclass
+class Progress(Event):
+    kind: ClassVar[str] = "progress"
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    it_per_s: float
+    eta_s: float
+    epoch: int
+
+
+@dataclass
+class SampleSaved(Event):
+    kind: ClassVar[str] = "sample"
+    step: int
+    paths: list[str]
+
+
+@dataclass
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+
+
+@dataclass
+class Done(Event):
+    kind: ClassVar[str] = "done"
+    step: int
+    outputs: list[str]
+    stopped: bool = False
+
+
+@dataclass
+class Failed(Event):
+    kind: ClassVar[str] = "failed"
+    error: str
+    advice: str = ""

@@ -1,0 +1,138 @@
+"""Write a trained LoRA as `.safetensors` that diffusers, AUTOMATIC1111/Forge and ComfyUI load, with metadata.
+
+    paths = export_lora(base, lora_configs, config, step=300)
+    # <output_dir>/<name>.safetensors       kohya/A1111 keys: lora_unet_….lora_down.weight, .lora_up.weight, .alpha
+    # <output_dir>/<name>.peft.safetensors  diffusers/PEFT keys: unet.….lora_A.weight, with the adapter config
+    read_lora_metadata(paths[0])["ss_network_dim"]
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+
+from trainer.config import TrainConfig
+from trainer.errors import LoraFileError
+from trainer.fileio import atomic_path
+from trainer.network import ADAPTER
+
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # the key diffusers' save/load_lora_weights use
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def peft_state_dict(base, lora_configs: dict[str, LoraConfig]) -> dict[str, torch.Tensor]:
+    """The trained LoRA tensors in diffusers/PEFT keys (`unet.…lora_A.weight`, `text_encoder.…`)."""
+    tensors = {}
+    for component in lora_configs:
+        module = base.pipe.unet if component == "unet" else getattr(base.pipe, component)
+        for key, value in get_peft_model_state_dict(module, adapter_name=ADAPTER).items():
+            tensors[f"{component}.{key}"] = value.detach().to("cpu").contiguous()
+    return tensors
+
+
+def kohya_state_dict(base, peft_tensors: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """kohya/A1111 keys. diffusers' converter writes `.alpha` as the rank and names every text encoder
+    `lora_te1`/`lora_te2`; we write the real alpha and the family's own text-encoder prefixes."""
+    kohya = convert_state_dict_to_kohya(peft_tensors)
+    generic = ("lora_te1_", "lora_te2_")
+    renamed = {}
+    for key, value in kohya.items():
+        for generic_prefix, family_prefix in zip(generic, base.family.kohya_text_prefixes, strict=False):
+            if key.startswith(generic_prefix):
+                key = family_prefix + "_" + key[len(generic_prefix):]
+        if key.endswith(".alpha"):
+            value = torch.tensor(float(alpha))
+        renamed[key] = value
+    return renamed
+
+
+def lora_metadata(base, config: TrainConfig, step: int) -> dict[str, str]:
+    network = config.network
+    family = base.family
+    return {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(network.rank),
+        "ss_network_alpha": str(_kohya_alpha(config)),
+        "ss_base_model_version": family.base_model_version,
+        "ss_v2": str(family.is_v2),
+        "ss_output_name": config.export.name,
+        "ss_steps": str(step),
+        "ss_resolution": str(config.data.resolution or base.default_resolution),
+        "ss_learning_rate": str(config.optim.learning_rate),
+        "ss_sd_model_name": base.source,
+        "ss_network_args": json.dumps({"use_dora": network.use_dora, "use_rslora": network.use_rslora}),
+        "lora_studio_base_model": base.source,
+        "lora_studio_family": family.name,
+        "lora_studio_prediction_type": base.prediction_type,
+        "lora_studio_config": json.dumps(config.to_dict(), sort_keys=True),
+        "lora_studio_config_hash": config.hash(),
+    }
+
+
+def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, step: int) -> list[Path]:
+    """Write both files atomically, then read them back and check that they hold the same LoRA."""
+    out_dir = Path(config.export.output_dir)
+    dtype = DTYPES[config.export.dtype]
+    peft_tensors = {k: v.to(dtype) for k, v in peft_state_dict(base, lora_configs).items()}
+    kohya_tensors = kohya_state_dict(base, peft_tensors, _kohya_alpha(config))
+    metadata = lora_metadata(base, config, step)
+
+    kohya_path = out_dir / f"{config.export.name}.safetensors"
+    peft_path = out_dir / f"{config.export.name}.peft.safetensors"
+    adapter_meta = {}
+    for component, lora_config in lora_configs.items():
+        for key, value in lora_config.to_dict().items():
+            adapter_meta[f"{component}.{key}"] = sorted(value) if isinstance(value, set) else value
+    peft_metadata = dict(metadata, format="pt")
+    peft_metadata[ADAPTER_METADATA_KEY] = json.dumps(adapter_meta, sort_keys=True, default=str)
+
+    with atomic_path(kohya_path) as tmp:
+        save_file(kohya_tensors, str(tmp), metadata=dict(metadata, format="pt"))
+    with atomic_path(peft_path) as tmp:
+        save_file(peft_tensors, str(tmp), metadata=peft_metadata)
+    _check_exported(kohya_path, peft_path)
+    return [kohya_path, peft_path]
+
+
+def read_lora_metadata(path: str | Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file, read from its header alone (no tensors loaded)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise LoraFileError("is not a safetensors file (shorter than its header)", where=str(path))
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, 100_000_000):
+            raise LoraFileError("is not a safetensors file (its header claims more bytes than the file holds)",
+                                where=str(path), fix="Download it again; the file is truncated or not safetensors.")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise LoraFileError("is not a safetensors file (unreadable header)", where=str(path)) from err
+    return dict(header.get("__metadata__") or {})
+
+
+def _kohya_alpha(config: TrainConfig) -> float:
+    """rsLoRA scales by alpha/sqrt(rank); kohya files scale by alpha/rank, so rsLoRA alpha is rescaled."""
+    network = config.network
+    return network.alpha * network.rank**0.5 if network.use_rslora else network.alpha
+
+
+def _check_exported(kohya_path: Path, peft_path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(kohya_path), "pt") as kohya, safe_open(str(peft_path), "pt") as peft:
+        kohya_pairs = sum(1 for k in kohya if k.endswith("lora_down.weight"))
+        peft_pairs = sum(1 for k in peft if k.endswith("lora_A.weight"))
+    if kohya_pairs != peft_pairs or peft_pairs == 0:
+        raise LoraFileError(f"do not hold the same layers ({kohya_pairs} kohya vs {peft_pairs} PEFT)",
+                            where=f"{kohya_path} and {peft_path}",
+                            fix="This is a bug in LoRA Studio's export; please report it with the config.")

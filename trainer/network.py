@@ -1,0 +1,52 @@
+"""Attach trainable LoRA layers (peft) to the UNet attention projections, and to the text encoder(s) on request.
+
+    lora_config = add_lora(base, config.network)   # freezes the base, adds adapter "default"
+    params = trainable_parameters(base)            # {"unet": [...], "text_encoder": [...]}
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig
+
+from trainer.config import NetworkConfig
+
+ADAPTER = "default"
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def unet_lora_config(network: NetworkConfig) -> LoraConfig:
+    return LoraConfig(
+        r=network.rank,
+        lora_alpha=network.alpha,
+        lora_dropout=network.dropout,
+        init_lora_weights=True,
+        target_modules=list(network.target_modules),
+        use_dora=network.use_dora,
+        use_rslora=network.use_rslora,
+    )
+
+
+def text_encoder_lora_config(network: NetworkConfig) -> LoraConfig:
+    config = unet_lora_config(network)
+    config.target_modules = set(TEXT_ENCODER_TARGETS)
+    return config
+
+
+def add_lora(base, network: NetworkConfig) -> dict[str, LoraConfig]:
+    """Freeze every base weight and add LoRA layers; returns the LoraConfig used per component."""
+    pipe = base.pipe
+    for name in ("unet", "vae", *base.family.text_encoder_names):
+        getattr(pipe, name).requires_grad_(False)
+    configs = {"unet": unet_lora_config(network)}
+    pipe.unet.add_adapter(configs["unet"], adapter_name=ADAPTER)
+    if network.train_text_encoder:
+        for name in base.family.text_encoder_names:
+            configs[name] = text_encoder_lora_config(network)
+            getattr(pipe, name).add_adapter(configs[name], adapter_name=ADAPTER)
+    return configs
+
+
+def trainable_parameters(base, network: NetworkConfig) -> dict[str, list[torch.nn.Parameter]]:
+    components = ["unet", *(base.family.text_encoder_names if network.train_text_encoder else ())]
+    return {name: [p for p in getattr(base.pipe, name).parameters() if p.requires_grad] for name in components}
