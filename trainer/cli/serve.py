@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-upload-files", type=int, default=None, help="most files in one upload (default 1000)"
     )
-    p.set_defaults(func=run)
+    p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
