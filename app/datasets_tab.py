@@ -81,9 +81,8 @@ def _report_text(report: Any) -> str:
 
 def list_items(studio: Studio, name: str) -> list[tuple[Path, str]]:
     """(image path, caption) for each image in the dataset, as the trainer reads it."""
-    from trainer.data import scan_dataset
-
     from trainer.config import DataConfig
+    from trainer.data import scan_dataset
 
     folder = studio.dataset_path(name)
     items = scan_dataset(DataConfig(path=str(folder)))
@@ -135,13 +134,15 @@ def save_trigger(studio: Studio, name: str, word: str) -> str:
 
 
 def run_doctor(studio: Studio, name: str) -> str:
+    from trainer.config import TrainConfig
     from trainer.data import doctor
 
-    from trainer.config import DataConfig
-
     folder = studio.dataset_path(name)
-    report = doctor(folder, DataConfig(path=str(folder), trigger_word=read_trigger(studio, name)))
-    return report.format()
+    config = TrainConfig()
+    config.model.base_model = studio.base_model
+    config.data.path = str(folder)
+    config.data.trigger_word = read_trigger(studio, name)
+    return doctor(folder, config).format()
 
 
 def _safe(fn: Any, *args: Any) -> tuple[bool, Any]:
