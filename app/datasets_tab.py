@@ -29,9 +29,7 @@ def import_files(studio: Studio, name: str, files: list[str] | None) -> str:
     """Add uploaded images, captions and zips to dataset `name` (created if new); returns a summary."""
     files = [str(f) for f in check_upload_count(files, studio.max_upload_files)]
     if not files:
-        raise SecurityError(
-            "nothing was uploaded", fix="Drop images (PNG, JPEG, WebP), .txt captions or a .zip."
-        )
+        raise SecurityError("nothing was uploaded", fix="Drop images (PNG, JPEG, WebP), .txt captions or a .zip.")
     folder = studio.dataset_path(name)
     notes, copied = [], 0
     for upload in files:
@@ -221,9 +219,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     outputs = [c["dataset"], c["gallery"], c["captions"], c["trigger"]]
     c["dataset"].change(show, c["dataset"], outputs, api_name="show_dataset")
     c["refresh"].click(show, c["dataset"], outputs, api_name=False)
-    c["import"].click(
-        add, [c["dataset"], c["upload"]], [c["message"], *outputs, c["upload"]], api_name="import_files"
-    )
+    c["import"].click(add, [c["dataset"], c["upload"]], [c["message"], *outputs, c["upload"]], api_name="import_files")
     c["save"].click(
         lambda name, rows: _safe(save_captions, studio, name or "", _rows(rows))[1],
         [c["dataset"], c["captions"]],

@@ -73,9 +73,7 @@ def _check(req: Request) -> Request:
         raise SecurityError("the prompt is empty", fix="Type what the image should show.")
     for side, value in (("width", req.width), ("height", req.height)):
         if not 64 <= int(value) <= MAX_SIDE or int(value) % 8:
-            raise SecurityError(
-                f"{side} {value} is not allowed", fix=f"Use a multiple of 8 from 64 to {MAX_SIDE}."
-            )
+            raise SecurityError(f"{side} {value} is not allowed", fix=f"Use a multiple of 8 from 64 to {MAX_SIDE}.")
     return Request(
         req.prompt,
         req.negative_prompt or "",
@@ -112,13 +110,9 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
     return images[0], info
 
 
-def grid(
-    studio: Studio, req: Request, name: str, prompts: list[str], strengths: list[float]
-) -> tuple[Any, str]:
+def grid(studio: Studio, req: Request, name: str, prompts: list[str], strengths: list[float]) -> tuple[Any, str]:
     """A prompt × strength grid of one LoRA, every cell with the same seed."""
-    req = _check(
-        Request(prompts[0] if prompts else "", **{k: v for k, v in vars(req).items() if k != "prompt"})
-    )
+    req = _check(Request(prompts[0] if prompts else "", **{k: v for k, v in vars(req).items() if k != "prompt"}))
     if not name:
         raise SecurityError("no LoRA is picked for the grid", fix="Choose a LoRA in the first slot.")
     started = time.perf_counter()
@@ -154,9 +148,7 @@ def add_lora(studio: Studio, upload: str | None, name: str | None) -> str:
     name = safe_name(name or suggest_name(source.stem, fallback="uploaded"), what="LoRA name")
     target = inside(studio.loras_dir, name + ".safetensors")
     if target.exists():
-        raise SecurityError(
-            f"a LoRA named {name} is already in the library", fix="Give the upload another name."
-        )
+        raise SecurityError(f"a LoRA named {name} is already in the library", fix="Give the upload another name.")
     with studio.preview() as pool:
         pool.load(name, source)  # raises LoraFileError naming the file when it is not a usable LoRA
     shutil.copyfile(source, target)
@@ -172,28 +164,27 @@ def build(studio: Studio) -> dict[str, Any]:
             for i in range(SLOTS):
                 with gr.Row():
                     pick = gr.Dropdown(
-                        names, label=f"LoRA {i + 1}", value=None, elem_id=f"gen-lora-{i}", scale=2
+                        names,
+                        label=f"LoRA {i + 1}",
+                        value=None,
+                        elem_id=f"gen-lora-{i}",
+                        scale=2,
+                        allow_custom_value=True,
                     )
-                    weight = gr.Slider(
-                        0, 1.5, value=1.0, step=0.05, label="Strength", elem_id=f"gen-strength-{i}"
-                    )
+                    weight = gr.Slider(0, 1.5, value=1.0, step=0.05, label="Strength", elem_id=f"gen-strength-{i}")
                 c["slots"].append((pick, weight))
             c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
             c["negative"] = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
             with gr.Row():
                 c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
                 c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
-                c["guidance"] = gr.Slider(
-                    1, 15, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance"
-                )
+                c["guidance"] = gr.Slider(1, 15, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
             with gr.Row():
                 c["width"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Width", elem_id="gen-width")
                 c["height"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Height", elem_id="gen-height")
             c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-go")
             with gr.Accordion("Grid: prompts × strengths (LoRA 1)", open=False):
-                c["grid_prompts"] = gr.Textbox(
-                    label="Prompts (one a line)", lines=3, elem_id="gen-grid-prompts"
-                )
+                c["grid_prompts"] = gr.Textbox(label="Prompts (one a line)", lines=3, elem_id="gen-grid-prompts")
                 c["grid_strengths"] = gr.Textbox("0, 0.5, 1", label="Strengths", elem_id="gen-grid-strengths")
                 c["grid"] = gr.Button("Grid", elem_id="gen-grid")
             with gr.Accordion("Add a LoRA to the library", open=False):
@@ -206,9 +197,7 @@ def build(studio: Studio) -> dict[str, Any]:
                 c["upload_name"] = gr.Textbox(label="Name (optional)", elem_id="gen-upload-name")
                 c["add"] = gr.Button("Add to library", elem_id="gen-add")
         with gr.Column(scale=3):
-            c["image"] = gr.Image(
-                label="Preview", type="pil", format="png", interactive=False, elem_id="gen-image"
-            )
+            c["image"] = gr.Image(label="Preview", type="pil", format="png", interactive=False, elem_id="gen-image")
             c["info"] = gr.Markdown(elem_id="gen-info")
     _wire(studio, c)
     return c
@@ -224,9 +213,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     def run_generate(**values: Any) -> tuple[Any, str]:
         req = Request(**{name: values.pop(name) for name in REQUEST_KEYS})
         strengths = {
-            values[f"lora_{i}"]: float(values[f"strength_{i}"])
-            for i in range(1, SLOTS + 1)
-            if values.get(f"lora_{i}")
+            values[f"lora_{i}"]: float(values[f"strength_{i}"]) for i in range(1, SLOTS + 1) if values.get(f"lora_{i}")
         }
         try:
             return generate(studio, req, strengths)
@@ -271,7 +258,5 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         concurrency_limit=1,
         inputs_kwargs=request_inputs,
     )
-    c["add"].click(
-        run_add, [c["upload"], c["upload_name"]], [c["info"], c["upload"], *pickers], api_name="add_lora"
-    )
+    c["add"].click(run_add, [c["upload"], c["upload_name"]], [c["info"], c["upload"], *pickers], api_name="add_lora")
     c["on_load"] = (lambda: [gr.update(choices=list(studio.lora_files())) for _ in pickers], [], pickers)

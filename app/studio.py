@@ -64,16 +64,12 @@ class Studio:
         return inside(self.datasets_dir, safe_name(name, what="dataset name"))
 
     def dataset_names(self) -> list[str]:
-        return sorted(
-            p.name for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        return sorted(p.name for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def lora_files(self) -> dict[str, Path]:
         """Library LoRAs by name (kohya-key files; the `.peft` twins are the same LoRA)."""
         files = sorted(self.loras_dir.glob("*.safetensors"))
-        return {
-            p.name.removesuffix(".safetensors"): p for p in files if not p.name.endswith(".peft.safetensors")
-        }
+        return {p.name.removesuffix(".safetensors"): p for p in files if not p.name.endswith(".peft.safetensors")}
 
     @property
     def supervisor(self) -> Any:

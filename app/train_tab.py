@@ -34,9 +34,7 @@ def fmt_eta(seconds: Any) -> str:
         return ""
     seconds = int(float(seconds))
     return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else f"{seconds // 60}m{seconds % 60:02d}s"
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
     )
 
 
@@ -101,7 +99,9 @@ def build(studio: Studio) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=2):
             c["preset"] = gr.Radio(list(forms.PRESETS), label="Preset", value=None, elem_id="train-preset")
-            c["dataset"] = gr.Dropdown(studio.dataset_names(), label="Dataset", elem_id="train-dataset")
+            c["dataset"] = gr.Dropdown(
+                studio.dataset_names(), label="Dataset", elem_id="train-dataset", allow_custom_value=True
+            )
             c["fields"] = forms.build_fields(forms.ESSENTIALS)
             with gr.Accordion("Samples during training", open=False):
                 c["fields"].update(forms.build_fields(forms.SAMPLES))
@@ -111,10 +111,8 @@ def build(studio: Studio) -> dict[str, Any]:
             c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
             c["message"] = gr.Markdown(elem_id="train-message")
         with gr.Column(scale=3):
-            c["jobs"] = gr.Dataframe(
-                headers=JOB_HEADERS, interactive=False, label="Jobs", elem_id="train-jobs"
-            )
-            c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job")
+            c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs", elem_id="train-jobs")
+            c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job", allow_custom_value=True)
             c["status"] = gr.Markdown(elem_id="train-status")
             c["loss"] = gr.LinePlot(x="step", y="loss", title="Loss", height=220, elem_id="train-loss")
             c["samples"] = gr.Gallery(label="Latest samples", columns=4, height=200, elem_id="train-samples")
@@ -215,12 +213,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         list(fields.values()),
         api_name=False,
     )
-    c["dataset"].focus(
-        pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False
-    )
-    c["dataset"].change(
-        pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False
-    )
+    c["dataset"].focus(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
+    c["dataset"].change(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
     c["on_load"] = (
         lambda job: [gr.update(choices=studio.dataset_names()), *refresh(job)],
         [c["job"]],
