@@ -72,13 +72,13 @@ def test_upload_train_download_and_preview_over_the_api(tmp_path):
         assert "Queued job" in result[0], result[0]
         job_id = result[8]["id"]
         done = poll_job(client, job_id, ("done", "failed", "stopped", "interrupted"), timeout_s=150)
-        assert done["status"] == "done", client.predict(job_id, api_name="/show_job")[6]
+        assert done["status"] == "done", client.predict(job_id, api_name="/show_job")[5]
         view = client.predict(job_id, api_name="/show_job")
         assert "**done** · step 6/6" in view[2]
         assert view[4], "the latest samples are shown"
 
         # the downloads: both LoRA files and the config
-        downloads = {Path(f).name: Path(f) for f in view[7]}
+        downloads = {Path(f).name: Path(f) for f in view[6]}
         assert {"shapes.safetensors", "shapes.peft.safetensors", "config.toml"} <= set(downloads)
         config = load_config(downloads["config.toml"])  # the CLI reads what the form wrote
         assert (config.train.steps, config.export.name, config.data.resolution) == (6, "shapes", 64)
