@@ -173,8 +173,8 @@ def build(studio: Studio) -> dict[str, Any]:
                     )
                     weight = gr.Slider(0, 1.5, value=1.0, step=0.05, label="Strength", elem_id=f"gen-strength-{i}")
                 c["slots"].append((pick, weight))
-            c["prompt"] = gr.Textbox(label="Prompt", lines=2, elem_id="gen-prompt")
-            c["negative"] = gr.Textbox(label="Negative prompt", elem_id="gen-negative")
+            c["prompt"] = gr.Textbox("", label="Prompt", lines=2, elem_id="gen-prompt")
+            c["negative"] = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
             with gr.Row():
                 c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
                 c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
@@ -184,7 +184,7 @@ def build(studio: Studio) -> dict[str, Any]:
                 c["height"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Height", elem_id="gen-height")
             c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-go")
             with gr.Accordion("Grid: prompts × strengths (LoRA 1)", open=False):
-                c["grid_prompts"] = gr.Textbox(label="Prompts (one a line)", lines=3, elem_id="gen-grid-prompts")
+                c["grid_prompts"] = gr.Textbox("", label="Prompts (one a line)", lines=3, elem_id="gen-grid-prompts")
                 c["grid_strengths"] = gr.Textbox("0, 0.5, 1", label="Strengths", elem_id="gen-grid-strengths")
                 c["grid"] = gr.Button("Grid", elem_id="gen-grid")
             with gr.Accordion("Add a LoRA to the library", open=False):
@@ -194,7 +194,7 @@ def build(studio: Studio) -> dict[str, Any]:
                     type="filepath",
                     elem_id="gen-upload",
                 )
-                c["upload_name"] = gr.Textbox(label="Name (optional)", elem_id="gen-upload-name")
+                c["upload_name"] = gr.Textbox("", label="Name (optional)", elem_id="gen-upload-name")
                 c["add"] = gr.Button("Add to library", elem_id="gen-add")
         with gr.Column(scale=3):
             c["image"] = gr.Image(label="Preview", type="pil", format="png", interactive=False, elem_id="gen-image")
