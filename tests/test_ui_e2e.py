@@ -107,9 +107,10 @@ def test_upload_train_download_and_preview_over_the_api(tmp_path):
 
         # previews through the UI's adapter pool: strength 0 is the base image exactly, 1 is not
         common = dict(prompt="a red square", seed=3, steps=4, width=64, height=64)
-        base = client.predict(**common, api_name="/generate")
-        at0 = client.predict(**common, lora_1="shapes", strength_1=0.0, api_name="/generate")
-        at1 = client.predict(**common, lora_1="shapes", strength_1=1.0, api_name="/generate")
+        none = dict(lora_1="", strength_1=1.0, lora_2="", strength_2=1.0, lora_3="", strength_3=1.0)
+        base = client.predict(**common, **none, api_name="/generate")
+        at0 = client.predict(**common, **none | {"lora_1": "shapes", "strength_1": 0.0}, api_name="/generate")
+        at1 = client.predict(**common, **none | {"lora_1": "shapes", "strength_1": 1.0}, api_name="/generate")
         assert "shapes × 1" in at1[1], at1[1]
         assert np.array_equal(pixels(base[0]), pixels(at0[0]))
         assert np.abs(pixels(base[0]) - pixels(at1[0])).max() > 0
