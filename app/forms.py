@@ -53,6 +53,7 @@ SAMPLES = (
     Field("sample.every_n_steps", "Sample every N steps (0 = off)"),
     Field("sample.prompts", "Sample prompts (one a line; empty: the first caption)"),
     Field("sample.seed", "Sample seed"),
+    Field("sample.steps", "Sample denoising steps", minimum=1, maximum=100, step=1),
 )
 ADVANCED = (
     Field("network.alpha", "Alpha"),
