@@ -71,7 +71,7 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     folder = Path(job["dir"])
     downloads = [str(p) for p in job.get("outputs") or [] if Path(p).is_file()]
     config = folder / "config.toml"
-    if downloads and config.is_file():
+    if downloads and config.is_file() and not any(Path(p).name == "config.toml" for p in downloads):
         downloads.append(str(config))
     status = (
         f"**{job['status']}** · step {job.get('step') or 0}/{job.get('total_steps') or '?'}"

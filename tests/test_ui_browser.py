@@ -102,7 +102,7 @@ def test_the_whole_flow_by_clicking_and_a_restart_mid_job(tmp_path):
             start_training(page, "shapes", "4")
             wait_status(page, r"\bdone\b")
             page.locator("#train-samples img").first.wait_for(timeout=30_000)
-            downloads = page.locator("#train-downloads").inner_text()
+            downloads = page.locator("#train-downloads").inner_text().replace("\n", "")
             assert "shapes.safetensors" in downloads and "shapes.peft.safetensors" in downloads
             assert "config.toml" in downloads
             train_png = shot(page, "train")
