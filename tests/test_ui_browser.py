@@ -60,7 +60,8 @@ def start_training(page, name: str, steps: str) -> None:
     page.locator("#field-export-name textarea, #field-export-name input").first.fill(name)
     set_number(page, "field-train-steps", steps)
     pick(page, "field-data-resolution", "64")
-    page.get_by_text("Samples during training").click()
+    if not page.locator("#field-sample-steps input[type=number]").first.is_visible():
+        page.get_by_text("Samples during training").click()
     set_number(page, "field-sample-steps", "2")
     page.locator("#train-start").click()
     page.wait_for_function(
