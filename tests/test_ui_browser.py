@@ -74,70 +74,81 @@ def test_the_whole_flow_by_clicking_and_a_restart_mid_job(tmp_path):
     from playwright.sync_api import sync_playwright
 
     home = tmp_path / "home"
-    server = start_server(home)
+    servers = [start_server(home)]
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server.url)
-
-            # Datasets: a new dataset from images and captions, seen in the gallery
-            page.get_by_role("tab", name="Datasets").click()
-            pick(page, "ds-name", "shapes")
-            files = sorted(str(f) for f in EXAMPLE.iterdir() if f.suffix in (".png", ".txt"))
-            page.locator("#ds-upload input[type=file]").set_input_files(files)
-            page.wait_for_timeout(500)
-            page.locator("#ds-import").click()
-            page.wait_for_function(
-                "() => /copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
-                timeout=60_000,
-            )
-            page.locator("#ds-gallery img").first.wait_for(timeout=30_000)
-            page.locator("#ds-doctor").click()
-            page.wait_for_function(
-                "() => (document.querySelector('#ds-report textarea')?.value || '').length > 20", timeout=60_000
-            )
-            shot(page, "datasets")
-
-            # Train: Quick test preset, a few steps, watched to the end
-            start_training(page, "shapes", "4")
-            wait_status(page, r"\bdone\b")
-            page.locator("#train-samples img").first.wait_for(timeout=30_000)
-            downloads = page.locator("#train-downloads").inner_text().replace("\n", "")
-            assert "shapes.safetensors" in downloads and "shapes.peft.safetensors" in downloads
-            assert "config.toml" in downloads
-            train_png = shot(page, "train")
-            shutil.copyfile(train_png, ROOT / "docs" / "screenshot.png")
-
-            # Generate: the new LoRA from the library, one seeded preview
-            page.get_by_role("tab", name="Generate").click()
-            pick(page, "gen-lora-0", "shapes")
-            page.locator("#gen-prompt textarea").fill("a red square")
-            set_number(page, "gen-steps", "2")
-            page.locator("#gen-go").click()
-            page.wait_for_function(
-                "() => /shapes × 1/.test(document.querySelector('#gen-info')?.innerText || '')", timeout=90_000
-            )
-            assert page.locator("#gen-image img").count() == 1
-            shot(page, "generate")
-
-            # A long job; the server restarts under it; the job is still listed and can be stopped
-            start_training(page, "long", "5000")
-            wait_status(page, r"running · step [1-9]")
-            job_id = page.locator("#train-job input").first.input_value().split(" ")[0]
-            stop_server(server)
-            server = start_server(home)
-            page.goto(server.url)
-            page.get_by_role("tab", name="Train").click()
-            wait_status(page, r"\brunning\b", timeout_ms=60_000)
-            assert re.search(job_id, page.locator("#train-jobs").inner_text())
-            page.locator("#train-stop").click()
-            wait_status(page, r"\bstopped\b", timeout_ms=120_000)
-            shot(page, "train-stopped")
-            browser.close()
+            try:
+                _flow(page, servers, home)
+            except Exception:
+                shot(page, "failure")  # what the browser showed when it went wrong
+                raise
+            finally:
+                browser.close()
     finally:
-        stop_server(server)
+        for server in servers:
+            stop_server(server)
         _stop_jobs(home)
+
+
+def _flow(page, servers: list, home: Path) -> None:
+    """Click through the product; the server restarts once (a new one is appended to `servers`)."""
+    page.goto(servers[0].url)
+
+    # Datasets: a new dataset from images and captions, seen in the gallery
+    page.get_by_role("tab", name="Datasets").click()
+    pick(page, "ds-name", "shapes")
+    files = sorted(str(f) for f in EXAMPLE.iterdir() if f.suffix in (".png", ".txt"))
+    page.locator("#ds-upload input[type=file]").set_input_files(files)
+    page.wait_for_timeout(500)
+    page.locator("#ds-import").click()
+    page.wait_for_function(
+        "() => /copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
+        timeout=60_000,
+    )
+    page.locator("#ds-gallery img").first.wait_for(timeout=30_000)
+    page.locator("#ds-doctor").click()
+    page.wait_for_function(
+        "() => (document.querySelector('#ds-report textarea')?.value || '').length > 20", timeout=60_000
+    )
+    shot(page, "datasets")
+
+    # Train: Quick test preset, a few steps, watched to the end
+    start_training(page, "shapes", "4")
+    wait_status(page, r"\bdone\b")
+    page.locator("#train-samples img").first.wait_for(timeout=30_000)
+    downloads = page.locator("#train-downloads").inner_text().replace("\n", "")
+    assert "shapes.safetensors" in downloads and "shapes.peft.safetensors" in downloads
+    assert "config.toml" in downloads
+    train_png = shot(page, "train")
+    shutil.copyfile(train_png, ROOT / "docs" / "screenshot.png")
+
+    # Generate: the new LoRA from the library, one seeded preview
+    page.get_by_role("tab", name="Generate").click()
+    pick(page, "gen-lora-0", "shapes")
+    page.locator("#gen-prompt textarea").fill("a red square")
+    set_number(page, "gen-steps", "2")
+    page.locator("#gen-go").click()
+    page.wait_for_function(
+        "() => /shapes × 1/.test(document.querySelector('#gen-info')?.innerText || '')", timeout=90_000
+    )
+    assert page.locator("#gen-image img").count() == 1
+    shot(page, "generate")
+
+    # A long job; the server restarts under it; the job is still listed and can be stopped
+    start_training(page, "long", "5000")
+    wait_status(page, r"running · step [1-9]")
+    job_id = page.locator("#train-job input").first.input_value().split(" ")[0]
+    stop_server(servers[-1])
+    servers.append(start_server(home))
+    page.goto(servers[-1].url)
+    page.get_by_role("tab", name="Train").click()
+    wait_status(page, r"\brunning\b", timeout_ms=60_000)
+    assert re.search(job_id, page.locator("#train-jobs").inner_text())
+    page.locator("#train-stop").click()
+    wait_status(page, r"\bstopped\b", timeout_ms=120_000)
+    shot(page, "train-stopped")
 
 
 def _stop_jobs(home: Path) -> None:
