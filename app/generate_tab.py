@@ -48,6 +48,7 @@ class Request:
 
 
 def _swap_seconds(pool: Any) -> float | None:
+    """The pool's own measure of its last adapter switch, when it keeps one."""
     for attr in ("last_swap_s", "last_swap_seconds", "swap_seconds"):
         value = getattr(pool, attr, None)
         if value is not None:
@@ -55,17 +56,22 @@ def _swap_seconds(pool: Any) -> float | None:
     return None
 
 
-def _ensure_loaded(studio: Studio, pool: Any, names: list[str]) -> None:
+def _ensure_loaded(studio: Studio, pool: Any, names: list[str]) -> float:
+    """Load the named library LoRAs the pool lacks (or whose file changed); returns the seconds it took."""
     library = studio.lora_files()
     loaded = set(pool.loaded())
+    started = time.perf_counter()
     for name in names:
         if name not in library:
             raise SecurityError(
                 f"LoRA {name!r} is not in the library ({studio.loras_dir})",
                 fix="Pick one from the list, or upload a .safetensors file.",
             )
-        if name not in loaded:
+        stamp = library[name].stat().st_mtime_ns
+        if name not in loaded or studio.lora_stamps.get(name) != stamp:
             pool.load(name, library[name])
+            studio.lora_stamps[name] = stamp
+    return time.perf_counter() - started
 
 
 def _check(req: Request) -> Request:
@@ -90,7 +96,7 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
     req = _check(req)
     started = time.perf_counter()
     with studio.preview() as pool:
-        _ensure_loaded(studio, pool, list(strengths))
+        load_s = _ensure_loaded(studio, pool, list(strengths))
         images = pool.generate(
             req.prompt,
             negative_prompt=req.negative_prompt,
@@ -107,6 +113,10 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
     info = f"{mix} · seed {req.seed} · {time.perf_counter() - started:.1f}s on {device}"
     if swap is not None:
         info += f" · LoRA swap took {swap * 1000:.0f} ms"
+    elif strengths and load_s > 0.001:
+        info += f" · LoRA swap (load from disk) took {load_s * 1000:.0f} ms"
+    elif strengths:
+        info += " · LoRA swap: already in memory, no reload"
     return images[0], info
 
 

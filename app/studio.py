@@ -40,6 +40,8 @@ class Studio:
     """Largest single uploaded file, in MB (gradio answers 413 above it)."""
     max_upload_files: int = MAX_UPLOAD_FILES
     """Most files in one upload."""
+    lora_stamps: dict[str, int] = field(default_factory=dict)
+    """Modification time of each LoRA file as the pool loaded it (a changed file is loaded again)."""
     _supervisor: Any = None
     _pool: Any = None
     _pool_device: str | None = None
@@ -132,6 +134,7 @@ class Studio:
 
     def _release_locked(self) -> None:
         pool, self._pool, self._pool_device = self._pool, None, None
+        self.lora_stamps.clear()
         if pool is None:
             return
         if hasattr(pool, "release"):

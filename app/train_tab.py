@@ -17,6 +17,7 @@ from app.studio import Studio
 from trainer.errors import StudioError
 
 REFRESH_S = 2.0
+LOG_LINES = 14
 JOB_HEADERS = ["id", "name", "status", "step", "loss", "ETA"]
 
 
@@ -87,7 +88,7 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
         "status": status,
         "loss": pd.DataFrame({"step": [e["step"] for e in progress], "loss": [e["loss"] for e in progress]}),
         "samples": [(p, f"step {samples[-1]['step']}") for p in samples[-1]["paths"]] if samples else [],
-        "log": sup.log_tail(job_id),
+        "log": sup.log_tail(job_id, lines=LOG_LINES),
         "downloads": downloads,
         "job": job,
     }
@@ -115,7 +116,9 @@ def build(studio: Studio) -> dict[str, Any]:
             c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job", allow_custom_value=True)
             c["status"] = gr.Markdown(elem_id="train-status")
             c["loss"] = gr.LinePlot(x="step", y="loss", title="Loss", height=220, elem_id="train-loss")
-            c["samples"] = gr.Gallery(label="Latest samples", columns=4, height=200, elem_id="train-samples")
+            c["samples"] = gr.Gallery(
+                label="Latest samples", columns=4, height=200, object_fit="contain", elem_id="train-samples"
+            )
             with gr.Row():
                 c["stop"] = gr.Button("Stop", elem_id="train-stop")
                 c["force"] = gr.Button("Force stop", variant="stop", elem_id="train-force")
@@ -123,7 +126,9 @@ def build(studio: Studio) -> dict[str, Any]:
             c["downloads"] = gr.File(
                 label="Downloads", file_count="multiple", interactive=False, elem_id="train-downloads"
             )
-            c["log"] = gr.Textbox(label="Log", lines=6, max_lines=12, interactive=False, elem_id="train-log")
+            c["log"] = gr.Textbox(
+                label="Log (latest lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, elem_id="train-log"
+            )
             with gr.Accordion("Job details", open=False):
                 c["details"] = gr.JSON(label="Job", elem_id="train-details")
     c["timer"] = gr.Timer(REFRESH_S)
