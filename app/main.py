@@ -25,7 +25,7 @@ INTRO = """# LoRA Studio
 
 def build_app(studio: Studio) -> gr.Blocks:
     """The whole UI; every tab's handlers close over `studio`."""
-    with gr.Blocks(title="LoRA Studio") as demo:
+    with gr.Blocks(title="LoRA Studio", analytics_enabled=False) as demo:
         gr.Markdown(INTRO, elem_id="intro")
         with gr.Tabs():
             with gr.Tab("Datasets", id="datasets", elem_id="tab-datasets"):

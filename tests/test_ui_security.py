@@ -84,11 +84,7 @@ def test_upload_count_is_limited():
 
 
 def _serve(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = (
-        {k: v for k, v in os.environ.items() if k != "LORA_STUDIO_AUTH"}
-        | {"PYTHONPATH": str(ROOT)}
-        | (env or {})
-    )
+    env = {k: v for k, v in os.environ.items() if k != "LORA_STUDIO_AUTH"} | {"PYTHONPATH": str(ROOT)} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "trainer.cli", "serve", *args],
         capture_output=True,

@@ -52,9 +52,7 @@ def test_an_oversized_upload_is_refused(server):
     big = b"\x00" * (1024 * 1024 + 10)
     response = httpx.post(f"{server.url}/gradio_api/upload", files={"files": ("big.png", big, "image/png")})
     assert response.status_code == 413, response.text
-    small = httpx.post(
-        f"{server.url}/gradio_api/upload", files={"files": ("small.png", b"\x89PNG", "image/png")}
-    )
+    small = httpx.post(f"{server.url}/gradio_api/upload", files={"files": ("small.png", b"\x89PNG", "image/png")})
     assert small.status_code == 200
 
 

@@ -121,9 +121,7 @@ def running_server(home: Path, *args: str, **kwargs) -> Iterator[Server]:
         stop_server(server)
 
 
-def http_status(
-    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
+def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """Status and body of a real HTTP request (errors are returned, not raised)."""
     request = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310 - test URLs
     try:
