@@ -60,7 +60,18 @@ def test_upload_train_download_and_preview_over_the_api(tmp_path):
         images = [p for p in (server.home / "datasets" / "shapes").iterdir() if p.suffix == ".png"]
         assert len(images) == len([p for p in EXAMPLE.iterdir() if p.suffix == ".png"])
         report = client.predict("shapes", api_name="/doctor")
-        assert "shapes" in report or "image" in report.lower()
+        assert "0 errors" in report, report
+
+        # captions edited in the table are saved beside their images; rows naming other files are refused
+        table = client.predict("shapes", api_name="/show_dataset")[2]
+        first = table["data"][0][0]
+        edited = {"headers": ["file", "caption"], "data": [[first, "lsstyle, an edited caption"]]}
+        assert "Saved 1 caption" in client.predict("shapes", edited, api_name="/save_captions")
+        caption_file = (server.home / "datasets" / "shapes" / first).with_suffix(".txt")
+        assert caption_file.read_text() == "lsstyle, an edited caption"
+        hostile = {"headers": ["file", "caption"], "data": [["../../../../etc/passwd", "owned"]]}
+        assert "Error" in client.predict("shapes", hostile, api_name="/save_captions")
+        assert "lsstyle" in client.predict("shapes", "lsstyle", api_name="/save_trigger")
 
         # a job from the form; it trains in its own process and the view follows it
         result = client.predict(
@@ -114,3 +125,18 @@ def test_upload_train_download_and_preview_over_the_api(tmp_path):
         assert "shapes × 1" in at1[1], at1[1]
         assert np.array_equal(pixels(base[0]), pixels(at0[0]))
         assert np.abs(pixels(base[0]) - pixels(at1[0])).max() > 0
+
+        # a prompt x strength grid, and a broken third-party file that is refused and not kept
+        grid = client.predict(
+            lora="shapes",
+            prompts="a red square\na blue ball",
+            strengths="0, 1",
+            **common | {"steps": 1},
+            api_name="/grid",
+        )
+        assert Image.open(grid[0]).size[0] >= 2 * 64 and "2 prompt(s)" in grid[1]
+        bad = tmp_path / "broken.safetensors"
+        bad.write_bytes(b"\xff" * 64)
+        added = client.predict(handle_file(bad), "", api_name="/add_lora")
+        assert "Error" in added[0] and "broken" in added[0], added[0]
+        assert not (server.home / "loras" / "broken.safetensors").exists()
