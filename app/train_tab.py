@@ -6,6 +6,7 @@ tick, so they show CLI-started jobs too and survive a browser refresh and a serv
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -136,69 +137,54 @@ def build(studio: Studio) -> dict[str, Any]:
     return c
 
 
+VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details")
+"""The components every job command refreshes, in this order."""
+
+
+def refresh(studio: Studio, selected: str | None) -> list[Any]:
+    """New values for VIEW: the job list, and the selected job (the newest when none is)."""
+    jobs = studio.supervisor.list()
+    studio.yield_gpu(jobs)
+    ids = [j["id"] for j in jobs]
+    if selected not in ids:
+        selected = ids[-1] if ids else None
+    out = [job_rows(jobs), gr.update(choices=job_choices(jobs), value=selected)]
+    if selected is None:
+        return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None]
+    view = job_view(studio, selected)
+    return out + [view[k] for k in ("status", "loss", "samples", "log", "downloads", "job")]
+
+
+def run_command(studio: Studio, action: str, selected: str | None) -> list[Any]:
+    """Stop, force-stop or resume the selected job; returns the message and VIEW."""
+    if not selected:
+        return ["Select a job first.", *refresh(studio, None)]
+    sup = studio.supervisor
+    try:
+        result = sup.stop(selected, force=True) if action == "force" else getattr(sup, action)(selected)
+    except StudioError as err:
+        return [f"**Could not {action}:** {err}", *refresh(studio, selected)]
+    new_id = result if action == "resume" and isinstance(result, str) else selected
+    return [f"{action.capitalize()}: job **{selected}**.", *refresh(studio, new_id)]
+
+
 def _wire(studio: Studio, c: dict[str, Any]) -> None:
     fields: dict[str, Any] = c["fields"]
     params = {forms.param_name(key): key for key in fields}
-    view_out = [
-        c["jobs"],
-        c["job"],
-        c["status"],
-        c["loss"],
-        c["samples"],
-        c["log"],
-        c["downloads"],
-        c["details"],
-    ]
-
-    def refresh(selected: str | None) -> list[Any]:
-        jobs = studio.supervisor.list()
-        studio.yield_gpu(jobs)
-        ids = [j["id"] for j in jobs]
-        if selected not in ids:
-            selected = ids[-1] if ids else None
-        out = [job_rows(jobs), gr.update(choices=job_choices(jobs), value=selected)]
-        if selected is None:
-            return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None]
-        view = job_view(studio, selected)
-        return out + [
-            view["status"],
-            view["loss"],
-            view["samples"],
-            view["log"],
-            view["downloads"],
-            view["job"],
-        ]
+    view_out = [c[name] for name in VIEW]
 
     def start(dataset: str | None, selected: str | None, **values: Any) -> list[Any]:
         named = {params[name]: value for name, value in values.items()}
         try:
             job_id = start_job(studio, named, dataset or "")
         except StudioError as err:
-            return [f"**Could not start:** {err}"] + refresh(selected)
-        return [f"Queued job **{job_id}**."] + refresh(job_id)
-
-    def command(action: str) -> Any:
-        def run(selected: str | None) -> list[Any]:
-            if not selected:
-                return ["Select a job first."] + refresh(None)
-            try:
-                result = (
-                    studio.supervisor.stop(selected, force=True)
-                    if action == "force"
-                    else getattr(studio.supervisor, action)(selected)
-                )
-            except StudioError as err:
-                return [f"**Could not {action}:** {err}"] + refresh(selected)
-            new_id = result if action == "resume" and isinstance(result, str) else selected
-            return [f"{action.capitalize()}: job **{selected}**."] + refresh(new_id)
-
-        return run
+            return [f"**Could not start:** {err}", *refresh(studio, selected)]
+        return [f"Queued job **{job_id}**.", *refresh(studio, job_id)]
 
     def pick_dataset(name: str | None) -> Any:
         from app.datasets_tab import read_trigger
 
-        word = read_trigger(studio, name) if name else ""
-        return gr.update(choices=studio.dataset_names()), word
+        return gr.update(choices=studio.dataset_names()), read_trigger(studio, name) if name else ""
 
     c["start"].click(
         start,
@@ -208,20 +194,22 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         inputs_kwargs={forms.param_name(key): comp for key, comp in fields.items()},
         trigger_mode="once",
     )
-    for action, button in (("stop", c["stop"]), ("force", c["force"]), ("resume", c["resume"])):
-        button.click(command(action), c["job"], [c["message"], *view_out], api_name=f"{action}_job")
-    c["timer"].tick(refresh, c["job"], view_out, api_name=False, show_progress="hidden")
-    c["job"].input(refresh, c["job"], view_out, api_name="show_job")
+    for action in ("stop", "force", "resume"):
+        c[action].click(
+            partial(run_command, studio, action), c["job"], [c["message"], *view_out], api_name=f"{action}_job"
+        )
+    c["timer"].tick(partial(refresh, studio), c["job"], view_out, api_name=False, show_progress="hidden")
+    c["job"].input(partial(refresh, studio), c["job"], view_out, api_name="show_job")
     c["preset"].change(
         lambda p: [forms.preset_updates(p).get(k, gr.update()) for k in fields],
         c["preset"],
         list(fields.values()),
         api_name=False,
     )
-    c["dataset"].focus(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
-    c["dataset"].change(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
+    for event in (c["dataset"].focus, c["dataset"].change):
+        event(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
     c["on_load"] = (
-        lambda job: [gr.update(choices=studio.dataset_names()), *refresh(job)],
+        lambda job: [gr.update(choices=studio.dataset_names()), *refresh(studio, job)],
         [c["job"]],
         [c["dataset"], *view_out],
     )
