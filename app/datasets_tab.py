@@ -8,7 +8,9 @@ sanitised name. The trigger word is kept per dataset in `<name>/.studio.json` an
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +51,23 @@ def import_files(studio: Studio, name: str, files: list[str] | None) -> str:
 
 
 def _import_zip(studio: Studio, folder: Path, archive: Path) -> str:
+    """Extract through the safe importer into a scratch folder, then move into the dataset (new or not)."""
     from trainer.data import import_archive
 
-    if folder.exists() and any(folder.iterdir()):
-        # import_archive creates the dataset folder itself (extract, then rename); merge from a scratch name
-        scratch = inside(studio.datasets_dir, f".import-{folder.name}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        report = import_archive(archive, studio.datasets_dir, scratch.name)
-        for item in sorted(scratch.rglob("*")):
-            if item.is_file():
-                dest = folder / item.relative_to(scratch)
+    scratch = Path(tempfile.mkdtemp(prefix="import-", dir=studio.home / ".gradio"))
+    try:
+        report = import_archive(archive, scratch, folder.name)
+        extracted = scratch / folder.name
+        if not folder.exists():
+            os.replace(extracted, folder)
+        else:  # adding to an existing dataset: files of the same name are replaced by the upload
+            for item in sorted(p for p in extracted.rglob("*") if p.is_file()):
+                dest = folder / item.relative_to(extracted)
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.move(str(item), dest)
+                os.replace(item, dest)
+    finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    else:
-        report = import_archive(archive, studio.datasets_dir, folder.name)
-    return f"{archive.name}: {_report_text(report)}"
+    return f"{archive.name}: {_report_text(report).replace(str(extracted), folder.name)}"
 
 
 def _report_text(report: Any) -> str:

@@ -50,7 +50,7 @@ class Studio:
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser().resolve()
-        for folder in (self.datasets_dir, self.loras_dir):
+        for folder in (self.datasets_dir, self.loras_dir, self.home / ".gradio"):
             folder.mkdir(parents=True, exist_ok=True)
 
     @property

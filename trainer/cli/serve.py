@@ -66,10 +66,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"--port must be 1..65535, got {args.port}", file=sys.stderr)
         return 2
 
+    home = (Path(args.home).expanduser() if args.home else default_home()).resolve()
+    # before gradio is imported: its uploads and caches stay under <home>, not in a shared /tmp
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(home / ".gradio"))
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from app.main import launch
     from app.studio import Studio
 
-    home = Path(args.home).expanduser() if args.home else default_home()
     limits = {"max_upload_mb": args.max_upload_mb, "max_upload_files": args.max_upload_files}
     studio = Studio(home=home, base_model=args.base_model, **{k: v for k, v in limits.items() if v})
     print(f"LoRA Studio: state in {studio.home}; open http://{args.host}:{args.port}", flush=True)
