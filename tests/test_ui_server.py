@@ -88,3 +88,28 @@ def test_a_network_server_needs_its_login(tmp_path):
             assert good.status_code == 200
             config = web.get("/config")
             assert config.status_code == 200 and "components" in json.loads(config.text)
+
+
+def test_zips_create_a_dataset_and_add_to_it(server, tmp_path):
+    import zipfile
+
+    def make_zip(name: str, stems: list[str]) -> str:
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as zf:
+            for stem in stems:
+                image = tmp_path / f"{stem}.png"
+                Image.new("RGB", (64, 64), (200, 10, 10)).save(image)
+                zf.write(image, f"{stem}.png")
+                zf.writestr(f"{stem}.txt", f"a red {stem}")
+        return str(path)
+
+    client = Client(server.url, verbose=False)
+    first = client.predict("zipped", [handle_file(make_zip("one.zip", ["a", "b"]))], api_name="/import_files")
+    assert "Imported 2 images" in first[0], first[0]
+    second = client.predict("zipped", [handle_file(make_zip("two.zip", ["c"]))], api_name="/import_files")
+    assert "Imported 1 images" in second[0], second[0]
+    folder = server.home / "datasets" / "zipped"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a.txt", "b.png", "b.txt", "c.png", "c.txt"]
+    assert (folder / "c.txt").read_text() == "a red c"
+    assert len(second[2]) == 3  # the gallery shows all three images
+    assert not list((server.home / ".gradio").glob("import-*"))  # the scratch folder is gone
