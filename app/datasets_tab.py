@@ -1,0 +1,250 @@
+"""The Datasets tab: upload images or a zip, see and edit captions, set a trigger word, run the doctor.
+
+Datasets live in `<home>/datasets/<name>/` (images with `.txt` captions beside them). Zips go through
+`trainer.data.import_archive` (zip-slip, links and size caps refused); single files are copied under a
+sanitised name. The trigger word is kept per dataset in `<name>/.studio.json` and fills the Train form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from app.security import SecurityError, check_upload_count, inside, suggest_name
+from app.studio import Studio
+from trainer.errors import StudioError
+from trainer.fileio import atomic_write_bytes
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp"}
+UPLOAD_TYPES = sorted(IMAGE_EXTS) + [".txt", ".zip"]
+META = ".studio.json"
+GALLERY_LIMIT = 200
+
+
+def import_files(studio: Studio, name: str, files: list[str] | None) -> str:
+    """Add uploaded images, captions and zips to dataset `name` (created if new); returns a summary."""
+    files = [str(f) for f in check_upload_count(files, studio.max_upload_files)]
+    if not files:
+        raise SecurityError("nothing was uploaded", fix="Drop images (PNG, JPEG, WebP), .txt captions or a .zip.")
+    folder = studio.dataset_path(name)
+    notes, copied = [], 0
+    for upload in files:
+        ext = Path(upload).suffix.lower()
+        if ext == ".zip":
+            notes.append(_import_zip(studio, folder, Path(upload)))
+        elif ext in IMAGE_EXTS or ext == ".txt":
+            folder.mkdir(parents=True, exist_ok=True)
+            target = inside(folder, suggest_name(Path(upload).stem, fallback="image") + ext)
+            shutil.copyfile(upload, target)
+            copied += 1
+        else:
+            notes.append(f"skipped {Path(upload).name}: only PNG, JPEG, WebP, .txt and .zip are accepted")
+    if copied:
+        notes.insert(0, f"copied {copied} file(s)")
+    return f"Dataset **{folder.name}**: " + "; ".join(notes)
+
+
+def _import_zip(studio: Studio, folder: Path, archive: Path) -> str:
+    """Extract through the safe importer into a scratch folder, then move into the dataset (new or not)."""
+    from trainer.data import import_archive
+
+    scratch = Path(tempfile.mkdtemp(prefix="import-", dir=studio.home / ".gradio"))
+    try:
+        report = import_archive(archive, scratch, folder.name)
+        extracted = scratch / folder.name
+        if not folder.exists():
+            os.replace(extracted, folder)
+        else:  # adding to an existing dataset: files of the same name are replaced by the upload
+            for item in sorted(p for p in extracted.rglob("*") if p.is_file()):
+                dest = folder / item.relative_to(extracted)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, dest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return f"{archive.name}: {_report_text(report).replace(str(extracted), folder.name)}"
+
+
+def _report_text(report: Any) -> str:
+    for attr in ("format", "summary"):
+        value = getattr(report, attr, None)
+        if callable(value):
+            return str(value())
+        if value:
+            return str(value)
+    return "imported"
+
+
+def list_items(studio: Studio, name: str) -> list[tuple[Path, str]]:
+    """(image path, caption) for each image in the dataset, as the trainer reads it."""
+    from trainer.config import DataConfig
+    from trainer.data import scan_dataset
+
+    folder = studio.dataset_path(name)
+    items = scan_dataset(DataConfig(path=str(folder)))
+    seen: dict[Path, str] = {}
+    for item in items:  # repeat folders may list an image more than once
+        seen.setdefault(Path(item.image_path), item.caption)
+    return list(seen.items())
+
+
+def caption_rows(studio: Studio, name: str) -> list[list[str]]:
+    folder = studio.dataset_path(name)
+    return [[str(path.relative_to(folder)), caption] for path, caption in list_items(studio, name)]
+
+
+def save_captions(studio: Studio, name: str, rows: list[list[Any]]) -> str:
+    """Write each row's caption to the `.txt` beside its image; rows naming other files are refused."""
+    folder = studio.dataset_path(name)
+    saved = 0
+    for row in rows:
+        if len(row) < 2 or not str(row[0]).strip():
+            continue
+        image = inside(folder, str(row[0]).strip())
+        if image.suffix.lower() not in IMAGE_EXTS or not image.is_file():
+            raise SecurityError(
+                f"{row[0]!r} is not an image of dataset {folder.name}",
+                fix="Edit only the caption column; reload the dataset to see its files.",
+            )
+        caption = " ".join(str(row[1] or "").split())
+        atomic_write_bytes(image.with_suffix(".txt"), caption.encode("utf-8"))
+        saved += 1
+    return f"Saved {saved} caption(s) in **{folder.name}**."
+
+
+def read_trigger(studio: Studio, name: str) -> str:
+    meta = studio.dataset_path(name) / META
+    try:
+        return str(json.loads(meta.read_text(encoding="utf-8")).get("trigger_word", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def save_trigger(studio: Studio, name: str, word: str) -> str:
+    folder = studio.dataset_path(name)
+    if not folder.is_dir():
+        raise SecurityError(f"dataset {folder.name} does not exist", fix="Upload images to it first.")
+    word = " ".join((word or "").split())[:100]
+    atomic_write_bytes(folder / META, json.dumps({"trigger_word": word}).encode("utf-8"))
+    return f"Trigger word of **{folder.name}** set to `{word}`." if word else "Trigger word cleared."
+
+
+def run_doctor(studio: Studio, name: str) -> str:
+    from trainer.config import TrainConfig
+    from trainer.data import doctor
+
+    folder = studio.dataset_path(name)
+    config = TrainConfig()
+    config.model.base_model = studio.base_model
+    config.data.path = str(folder)
+    config.data.trigger_word = read_trigger(studio, name)
+    return doctor(folder, config).format()
+
+
+def _safe(fn: Any, *args: Any) -> tuple[bool, Any]:
+    """Run a handler step; a StudioError becomes a message for the user instead of a stack trace."""
+    try:
+        return True, fn(*args)
+    except StudioError as err:
+        return False, f"**Error:** {err}"
+
+
+def build(studio: Studio) -> dict[str, Any]:
+    """Lay out the tab in the current Blocks context; returns its components by name."""
+    c: dict[str, Any] = {}
+    with gr.Row():
+        c["dataset"] = gr.Dropdown(
+            studio.dataset_names(),
+            label="Dataset",
+            allow_custom_value=True,
+            info="Pick one, or type a new name and upload files to create it.",
+            elem_id="ds-name",
+            scale=3,
+        )
+        c["refresh"] = gr.Button("Refresh", elem_id="ds-refresh", scale=1)
+    c["upload"] = gr.File(
+        label="Upload images (PNG, JPEG, WebP), .txt captions or a .zip",
+        file_count="multiple",
+        file_types=UPLOAD_TYPES,
+        type="filepath",
+        elem_id="ds-upload",
+    )
+    c["import"] = gr.Button("Add to dataset", variant="primary", elem_id="ds-import")
+    c["message"] = gr.Markdown(elem_id="ds-message")
+    c["gallery"] = gr.Gallery(label="Images and captions", columns=6, height=320, elem_id="ds-gallery")
+    c["captions"] = gr.Dataframe(
+        headers=["file", "caption"],
+        column_count=2,
+        interactive=True,
+        static_columns=[0],
+        wrap=True,
+        label="Captions (edit, then Save)",
+        elem_id="ds-captions",
+    )
+    with gr.Row():
+        c["save"] = gr.Button("Save captions", elem_id="ds-save")
+        c["trigger"] = gr.Textbox(
+            label="Trigger word",
+            info="Prepended to captions that lack it when training.",
+            elem_id="ds-trigger",
+            scale=2,
+        )
+        c["save_trigger"] = gr.Button("Set trigger word", elem_id="ds-save-trigger")
+        c["doctor"] = gr.Button("Run the doctor", elem_id="ds-doctor")
+    c["report"] = gr.Textbox(label="Doctor's report", lines=8, interactive=False, elem_id="ds-report")
+    _wire(studio, c)
+    return c
+
+
+def _wire(studio: Studio, c: dict[str, Any]) -> None:
+    def show(name: str | None) -> tuple[Any, Any, Any, Any]:
+        if not name:
+            return gr.update(choices=studio.dataset_names()), [], [], ""
+        ok, items = _safe(list_items, studio, name)
+        gallery = [(str(p), cap) for p, cap in items[:GALLERY_LIMIT]] if ok else []
+        rows = _safe(caption_rows, studio, name)[1] if ok else []
+        return (
+            gr.update(choices=studio.dataset_names()),
+            gallery,
+            rows,
+            read_trigger(studio, name) if ok else "",
+        )
+
+    def add(name: str | None, files: list[str] | None) -> tuple[str, Any, Any, Any, Any, None]:
+        ok, text = _safe(import_files, studio, name or "", files)
+        return (text, *show(name if ok else None), None)
+
+    outputs = [c["dataset"], c["gallery"], c["captions"], c["trigger"]]
+    c["dataset"].change(show, c["dataset"], outputs, api_name="show_dataset")
+    c["refresh"].click(show, c["dataset"], outputs, api_name=False)
+    c["import"].click(add, [c["dataset"], c["upload"]], [c["message"], *outputs, c["upload"]], api_name="import_files")
+    c["save"].click(
+        lambda name, rows: _safe(save_captions, studio, name or "", _rows(rows))[1],
+        [c["dataset"], c["captions"]],
+        c["message"],
+        api_name="save_captions",
+    )
+    c["save_trigger"].click(
+        lambda name, word: _safe(save_trigger, studio, name or "", word)[1],
+        [c["dataset"], c["trigger"]],
+        c["message"],
+        api_name="save_trigger",
+    )
+    c["doctor"].click(
+        lambda name: _safe(run_doctor, studio, name or "")[1], c["dataset"], c["report"], api_name="doctor"
+    )
+    c["on_load"] = (lambda: gr.update(choices=studio.dataset_names()), [], [c["dataset"]])
+
+
+def _rows(value: Any) -> list[list[Any]]:
+    """Dataframe values arrive as a pandas frame (browser) or a dict/list (API); normalise to rows."""
+    if hasattr(value, "values") and hasattr(value, "columns"):
+        return value.values.tolist()
+    if isinstance(value, dict):
+        return list(value.get("data", []))
+    return list(value or [])

@@ -1,0 +1,72 @@
+"""Build and launch the LoRA Studio web app: three tabs over one `Studio` (home, jobs, adapter pool).
+
+    lora-studio serve --home ~/.lora-studio            # the normal way (trainer/cli/serve.py)
+    demo = build_app(Studio(home)); launch(demo, studio, host="127.0.0.1", port=7860)
+
+Security settings (what is served, upload limits, auth) come from `app/security.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import gradio as gr
+
+from app import datasets_tab, generate_tab, train_tab
+from app.security import blocked_paths
+from app.studio import Studio
+
+INTRO = """# LoRA Studio
+**1.** Upload captioned images in **Datasets** · **2.** pick a preset and press **Start training** in
+**Train** (watch the loss and samples live) · **3.** try your LoRA at several strengths in **Generate**.
+"""
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    """The whole UI; every tab's handlers close over `studio`."""
+    with gr.Blocks(title="LoRA Studio", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO, elem_id="intro")
+        with gr.Tabs():
+            with gr.Tab("Datasets", id="datasets", elem_id="tab-datasets"):
+                datasets = datasets_tab.build(studio)
+            with gr.Tab("Train", id="train", elem_id="tab-train"):
+                train = train_tab.build(studio)
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+                generate = generate_tab.build(studio)
+        for tab in (datasets, train, generate):
+            fn, inputs, outputs = tab["on_load"]
+            demo.load(fn, inputs, outputs, api_name=False)
+    return demo
+
+
+def launch(
+    studio: Studio,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: Sequence[tuple[str, str]] = (),
+    block: bool = True,
+) -> gr.Blocks:
+    """Serve the app: only `<home>` is served (minus the job database), uploads capped, no share link."""
+    # uploads and gradio's own copies of served files stay under <home> instead of a world-readable /tmp
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(studio.home / ".gradio"))
+    demo = build_app(studio)
+    demo.queue(default_concurrency_limit=4)
+    studio.start_idle_watch()
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        auth=list(auth) or None,
+        allowed_paths=[str(studio.home)],
+        blocked_paths=blocked_paths(studio.home),
+        max_file_size=f"{studio.max_upload_mb}mb",
+        prevent_thread_lock=not block,
+        footer_links=["api", "settings"],
+        run_history=False,
+        ssr_mode=False,
+        mcp_server=False,
+        theme=gr.themes.Soft(),
+        quiet=False,
+    )
+    return demo

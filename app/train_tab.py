@@ -1,0 +1,215 @@
+"""The Train tab: the config form with presets, Start (queues a job), and a live view of any job in `<home>`.
+
+The job list and the live view are read from the job store and each job's `events.jsonl` on every timer
+tick, so they show CLI-started jobs too and survive a browser refresh and a server restart.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from app import forms
+from app.studio import Studio
+from trainer.errors import StudioError
+
+REFRESH_S = 2.0
+LOG_LINES = 14
+JOB_HEADERS = ["id", "name", "status", "step", "loss", "ETA"]
+
+
+def start_job(studio: Studio, values: dict[str, Any], dataset: str) -> str:
+    """Turn the form into a config and queue it; returns the new job id."""
+    if not dataset:
+        raise StudioError("no dataset is selected", fix="Pick a dataset (make one in the Datasets tab).")
+    config = forms.values_to_config(values, studio.home, dataset=dataset)
+    studio.yield_gpu()  # the job gets the whole GPU: a preview pool sitting there steps aside first
+    return studio.supervisor.submit(config)
+
+
+def fmt_eta(seconds: Any) -> str:
+    if seconds is None or seconds == "":
+        return ""
+    seconds = int(float(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+def fmt_loss(loss: Any) -> str:
+    return "" if loss is None else f"{float(loss):.4f}"
+
+
+def job_rows(jobs: list[dict]) -> list[list[Any]]:
+    return [
+        [
+            j["id"],
+            j.get("name", ""),
+            j["status"],
+            f"{j.get('step') or 0}/{j.get('total_steps') or '?'}",
+            fmt_loss(j.get("loss")),
+            fmt_eta(j.get("eta_s")) if j["status"] == "running" else "",
+        ]
+        for j in jobs
+    ]
+
+
+def job_choices(jobs: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{j['id']} · {j.get('name', '')} · {j['status']}", j["id"]) for j in jobs]
+
+
+def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
+    """Everything the live view shows for one job, from the store and its events log."""
+    sup = studio.supervisor
+    job = sup.show(job_id)
+    events = sup.events(job_id)
+    progress = [e for e in events if e.get("kind") == "progress" and e.get("loss") is not None]
+    samples = [e for e in events if e.get("kind") == "sample" and e.get("paths")]
+    failed = next((e for e in reversed(events) if e.get("kind") == "failed"), None)
+    folder = Path(job["dir"])
+    downloads = [str(p) for p in job.get("outputs") or [] if Path(p).is_file()]
+    config = folder / "config.toml"
+    if downloads and config.is_file() and not any(Path(p).name == "config.toml" for p in downloads):
+        downloads.append(str(config))
+    status = (
+        f"**{job['status']}** · step {job.get('step') or 0}/{job.get('total_steps') or '?'}"
+        f" · loss {fmt_loss(job.get('loss')) or '–'}"
+    )
+    if job["status"] == "running" and job.get("eta_s") is not None:
+        status += f" · ETA {fmt_eta(job['eta_s'])}"
+    error = job.get("error") or (failed or {}).get("error")
+    if error:
+        advice = (failed or {}).get("advice")
+        status += f"\n\n**Error:** {error}" + (f"\n\n{advice}" if advice else "")
+    return {
+        "status": status,
+        "loss": pd.DataFrame({"step": [e["step"] for e in progress], "loss": [e["loss"] for e in progress]}),
+        "samples": [(p, f"step {samples[-1]['step']}") for p in samples[-1]["paths"]] if samples else [],
+        "log": sup.log_tail(job_id, lines=LOG_LINES),
+        "downloads": downloads,
+        "job": job,
+    }
+
+
+def build(studio: Studio) -> dict[str, Any]:
+    """Lay out the tab in the current Blocks context; returns its components by name."""
+    c: dict[str, Any] = {}
+    with gr.Row():
+        with gr.Column(scale=2):
+            c["preset"] = gr.Radio(list(forms.PRESETS), label="Preset", value=None, elem_id="train-preset")
+            c["dataset"] = gr.Dropdown(
+                studio.dataset_names(), label="Dataset", elem_id="train-dataset", allow_custom_value=True
+            )
+            c["fields"] = forms.build_fields(forms.ESSENTIALS)
+            with gr.Accordion("Samples during training", open=False):
+                c["fields"].update(forms.build_fields(forms.SAMPLES))
+            with gr.Accordion("Advanced", open=False):
+                c["fields"].update(forms.build_fields(forms.ADVANCED))
+            c["fields"]["model.base_model"].value = studio.base_model
+            c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
+            c["message"] = gr.Markdown(elem_id="train-message")
+        with gr.Column(scale=3):
+            c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs", elem_id="train-jobs")
+            c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job", allow_custom_value=True)
+            c["status"] = gr.Markdown(elem_id="train-status")
+            c["loss"] = gr.LinePlot(x="step", y="loss", title="Loss", height=220, elem_id="train-loss")
+            c["samples"] = gr.Gallery(
+                label="Latest samples", columns=4, height=200, object_fit="contain", elem_id="train-samples"
+            )
+            with gr.Row():
+                c["stop"] = gr.Button("Stop", elem_id="train-stop")
+                c["force"] = gr.Button("Force stop", variant="stop", elem_id="train-force")
+                c["resume"] = gr.Button("Resume", elem_id="train-resume")
+            c["downloads"] = gr.File(
+                label="Downloads", file_count="multiple", interactive=False, elem_id="train-downloads"
+            )
+            c["log"] = gr.Textbox(
+                label="Log (latest lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, elem_id="train-log"
+            )
+            with gr.Accordion("Job details", open=False):
+                c["details"] = gr.JSON(label="Job", elem_id="train-details")
+    c["timer"] = gr.Timer(REFRESH_S)
+    _wire(studio, c)
+    return c
+
+
+VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details")
+"""The components every job command refreshes, in this order."""
+
+
+def refresh(studio: Studio, selected: str | None) -> list[Any]:
+    """New values for VIEW: the job list, and the selected job (the newest when none is)."""
+    jobs = studio.supervisor.list()
+    studio.yield_gpu(jobs)
+    ids = [j["id"] for j in jobs]
+    if selected not in ids:
+        selected = ids[-1] if ids else None
+    out = [job_rows(jobs), gr.update(choices=job_choices(jobs), value=selected)]
+    if selected is None:
+        return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None]
+    view = job_view(studio, selected)
+    return out + [view[k] for k in ("status", "loss", "samples", "log", "downloads", "job")]
+
+
+def run_command(studio: Studio, action: str, selected: str | None) -> list[Any]:
+    """Stop, force-stop or resume the selected job; returns the message and VIEW."""
+    if not selected:
+        return ["Select a job first.", *refresh(studio, None)]
+    sup = studio.supervisor
+    try:
+        result = sup.stop(selected, force=True) if action == "force" else getattr(sup, action)(selected)
+    except StudioError as err:
+        return [f"**Could not {action}:** {err}", *refresh(studio, selected)]
+    new_id = result if action == "resume" and isinstance(result, str) else selected
+    return [f"{action.capitalize()}: job **{selected}**.", *refresh(studio, new_id)]
+
+
+def _wire(studio: Studio, c: dict[str, Any]) -> None:
+    fields: dict[str, Any] = c["fields"]
+    params = {forms.param_name(key): key for key in fields}
+    view_out = [c[name] for name in VIEW]
+
+    def start(dataset: str | None, selected: str | None, **values: Any) -> list[Any]:
+        named = {params[name]: value for name, value in values.items()}
+        try:
+            job_id = start_job(studio, named, dataset or "")
+        except StudioError as err:
+            return [f"**Could not start:** {err}", *refresh(studio, selected)]
+        return [f"Queued job **{job_id}**.", *refresh(studio, job_id)]
+
+    def pick_dataset(name: str | None) -> Any:
+        from app.datasets_tab import read_trigger
+
+        return gr.update(choices=studio.dataset_names()), read_trigger(studio, name) if name else ""
+
+    c["start"].click(
+        start,
+        [c["dataset"], c["job"]],
+        [c["message"], *view_out],
+        api_name="start_job",
+        inputs_kwargs={forms.param_name(key): comp for key, comp in fields.items()},
+        trigger_mode="once",
+    )
+    for action in ("stop", "force", "resume"):
+        c[action].click(
+            partial(run_command, studio, action), c["job"], [c["message"], *view_out], api_name=f"{action}_job"
+        )
+    c["timer"].tick(partial(refresh, studio), c["job"], view_out, api_name=False, show_progress="hidden")
+    c["job"].input(partial(refresh, studio), c["job"], view_out, api_name="show_job")
+    c["preset"].change(
+        lambda p: [forms.preset_updates(p).get(k, gr.update()) for k in fields],
+        c["preset"],
+        list(fields.values()),
+        api_name=False,
+    )
+    for event in (c["dataset"].focus, c["dataset"].change):
+        event(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
+    c["on_load"] = (
+        lambda job: [gr.update(choices=studio.dataset_names()), *refresh(studio, job)],
+        [c["job"]],
+        [c["dataset"], *view_out],
+    )
