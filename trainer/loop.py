@@ -235,11 +235,12 @@ def training_step(unet, noise_scheduler, base, latents, text, sizes, config: Tra
 def _draw_noise(latents, num_timesteps: int, generators):
     shape, device = latents.shape, latents.device
     if generators is None:
-        return (torch.randn_like(latents), torch.randn(shape[0], shape[1], 1, 1, device=device),
-                torch.randint(0, num_timesteps, (shape[0],), device=device).long())
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, num_timesteps, (shape[0],), device=device).long()
+        return noise, torch.randn(shape[0], shape[1], 1, 1, device=device), timesteps
     noise = torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
-    offset = torch.stack([torch.randn(shape[1], 1, 1, generator=g) for g in generators])
     timesteps = torch.cat([torch.randint(0, num_timesteps, (1,), generator=g) for g in generators])
+    offset = torch.stack([torch.randn(shape[1], 1, 1, generator=g) for g in generators])
     return noise.to(device, latents.dtype), offset.to(device, latents.dtype), timesteps.to(device).long()
 
 
