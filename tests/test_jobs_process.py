@@ -115,7 +115,7 @@ def test_cli_submit_queue_restart_graceful_stop_and_done(finished):
     stopped = finished["stopped"]
     assert stopped["status"] == "stopped" and not stopped["stopping"]
     a_dir = Path(stopped["dir"])
-    assert f"started the next queued job: {b['id']}" in (a_dir / "runner.log").read_text()
+    assert f"slot freed; running now: {b['id']}" in (a_dir / "runner.log").read_text()
     assert complete_checkpoints(a_dir) == [f"step-{stopped['step']}"]  # the stop itself was saved
     assert not process.is_alive(stopped["pid"], None)
 

@@ -157,12 +157,13 @@ def start_next(home: Home) -> None:
     from trainer.jobs.supervisor import Supervisor
 
     try:
-        started = Supervisor(home.root).pump()
+        sup = Supervisor(home.root)  # a starting supervisor reconciles, then starts what the limit allows
+        running = [job["id"] for job in sup.store.all() if job["status"] == "running"]
     except Exception:  # the finished job is recorded; a supervisor's next look will start the queue
         traceback.print_exc()
         return
-    if started:
-        print(f"started the next queued job: {', '.join(started)}", flush=True)
+    if running:
+        print(f"slot freed; running now: {', '.join(running)}", flush=True)
 
 
 if __name__ == "__main__":
