@@ -146,8 +146,9 @@ def _check_exported(kohya_path: Path, peft_path: Path) -> None:
     from safetensors import safe_open
 
     with safe_open(str(kohya_path), "pt") as kohya, safe_open(str(peft_path), "pt") as peft:
-        kohya_pairs = sum(1 for k in kohya.keys() if k.endswith("lora_down.weight"))  # noqa: SIM118
-        peft_pairs = sum(1 for k in peft.keys() if k.endswith("lora_A.weight"))  # noqa: SIM118
+        kohya_keys, peft_keys = kohya.keys(), peft.keys()  # safe_open handles are not iterable
+    kohya_pairs = sum(1 for k in kohya_keys if k.endswith("lora_down.weight"))
+    peft_pairs = sum(1 for k in peft_keys if k.endswith("lora_A.weight"))
     if kohya_pairs != peft_pairs or peft_pairs == 0:
         raise LoraFileError(f"do not hold the same layers ({kohya_pairs} kohya vs {peft_pairs} PEFT)",
                             where=f"{kohya_path} and {peft_path}",
