@@ -46,6 +46,6 @@ def test_hub_id_loads_offline_from_a_hub_cache_layout(tmp_path):
     assert result["family"] == "sdxl"
     assert result["hash"] == weights_hash(tiny_pipe("sdxl"))
     message = result["missing"]
-    assert message.startswith("studio-test/not-downloaded is not in the Hugging Face cache")
+    assert message.startswith("studio-test/not-downloaded is not (completely) in the Hugging Face cache")
     assert str(tmp_path / "hf" / "hub") in message and "HF_HUB_OFFLINE=1" in message
     assert "hf download studio-test/not-downloaded" in message

@@ -113,6 +113,20 @@ def test_shipped_tokenizer_is_clips(tmp_path):
         assert len(tokenizer) == 49408 and tokenizer.pad_token == pad
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_real_width_checkpoint_gets_the_shipped_configs_complete(family, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from trainer.models.single_file import _check_config_folder
+
+    folder = _config_folder({"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}, family,
+                            tmp_path, where="real.safetensors")
+    _check_config_folder(folder, family)  # every config and tokenizer file a single-file load reads
+    index = DiffusionPipeline.load_config(folder)
+    assert [index[name][1] for name in ("unet", "vae", "text_encoder")] == [
+        "UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel"]
+
+
 def test_pickle_checkpoints_need_the_opt_in(tmp_path):
     from trainer.models.ldm_keys import pipeline_to_original
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
 from pathlib import Path
 
 import torch
-from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -38,19 +38,30 @@ def peft_state_dict(base, lora_configs: dict[str, LoraConfig]) -> dict[str, torc
 
 
 def kohya_state_dict(base, peft_tensors: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """kohya/A1111 keys. diffusers' converter writes `.alpha` as the rank and names every text encoder
-    `lora_te1`/`lora_te2`; we write the real alpha and the family's own text-encoder prefixes."""
-    kohya = convert_state_dict_to_kohya(peft_tensors)
-    generic = ("lora_te1_", "lora_te2_")
-    renamed = {}
-    for key, value in kohya.items():
-        for generic_prefix, family_prefix in zip(generic, base.family.kohya_text_prefixes, strict=False):
-            if key.startswith(generic_prefix):
-                key = family_prefix + "_" + key[len(generic_prefix):]
-        if key.endswith(".alpha"):
-            value = torch.tensor(float(alpha))
-        renamed[key] = value
-    return renamed
+    """kohya/A1111 keys, each layer named by the model family (`Family.kohya_unet_key`/`kohya_text_key`):
+    SD 1/2 keep diffusers' module paths, SDXL takes sd-scripts' original-UNet names (`input_blocks_4_1_…`),
+    text encoders are `lora_te_…` or `lora_te1_…`/`lora_te2_…`. `.alpha` is the real alpha."""
+    family, unet_config = base.family, base.pipe.unet.config
+    kohya = {}
+    for key, value in peft_tensors.items():
+        component, rest = key.split(".", 1)
+        module, kind = rest.rsplit(".lora_", 1)  # "down_blocks.….to_q", "A.weight"
+        if component == "unet":
+            stem = family.kohya_unet_key(module, unet_config)
+        else:
+            stem = family.kohya_text_key(component, module)
+        kohya[f"{stem}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value
+        kohya[f"{stem}.alpha"] = torch.tensor(float(alpha))
+    return kohya
+
+
+def kohya_refusal(config: TrainConfig) -> str | None:
+    """Why the kohya file cannot carry this LoRA faithfully, or None when it can."""
+    if config.network.use_dora:
+        return ("network.use_dora: DoRA's magnitude vectors have no single kohya encoding (A1111, ComfyUI and "
+                "diffusers read `dora_scale` differently), so no kohya file was written. Load "
+                f"{config.export.name}.peft.safetensors with diffusers, or train without DoRA for a kohya file.")
+    return None
 
 
 def lora_metadata(base, config: TrainConfig, step: int) -> dict[str, str]:
@@ -60,8 +71,7 @@ def lora_metadata(base, config: TrainConfig, step: int) -> dict[str, str]:
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(network.rank),
         "ss_network_alpha": str(_kohya_alpha(config)),
-        "ss_base_model_version": family.base_model_version,
-        "ss_v2": str(family.is_v2),
+        **family.metadata(base.prediction_type),
         "ss_output_name": config.export.name,
         "ss_steps": str(step),
         "ss_resolution": str(config.data.resolution or base.default_resolution),
@@ -81,8 +91,11 @@ def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, 
     out_dir = Path(config.export.output_dir)
     dtype = DTYPES[config.export.dtype]
     peft_tensors = {k: v.to(dtype) for k, v in peft_state_dict(base, lora_configs).items()}
-    kohya_tensors = kohya_state_dict(base, peft_tensors, _kohya_alpha(config))
+    refusal = kohya_refusal(config)
     metadata = lora_metadata(base, config, step)
+    if refusal:
+        warnings.warn(refusal, stacklevel=2)
+        metadata["lora_studio_kohya_skipped"] = refusal
 
     kohya_path = out_dir / f"{config.export.name}.safetensors"
     peft_path = out_dir / f"{config.export.name}.peft.safetensors"
@@ -93,10 +106,13 @@ def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, 
     peft_metadata = dict(metadata, format="pt")
     peft_metadata[ADAPTER_METADATA_KEY] = json.dumps(adapter_meta, sort_keys=True, default=str)
 
-    with atomic_path(kohya_path) as tmp:
-        save_file(kohya_tensors, str(tmp), metadata=dict(metadata, format="pt"))
     with atomic_path(peft_path) as tmp:
         save_file(peft_tensors, str(tmp), metadata=peft_metadata)
+    if refusal:
+        return [peft_path]
+    with atomic_path(kohya_path) as tmp:
+        kohya_tensors = kohya_state_dict(base, peft_tensors, _kohya_alpha(config))
+        save_file(kohya_tensors, str(tmp), metadata=dict(metadata, format="pt"))
     _check_exported(kohya_path, peft_path)
     return [kohya_path, peft_path]
 

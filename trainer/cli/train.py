@@ -26,6 +26,10 @@ FLAG_FIELDS = {
     "trigger_word": "data.trigger_word",
     "skip_bad_images": "data.skip_bad_images",
     "num_processes": "train.num_processes",
+    "base_config": "model.base_config",
+    "allow_pickle": "model.allow_pickle",
+    "prediction_type": "model.prediction_type",
+    "train_text_encoder": "network.train_text_encoder",
 }
 
 
@@ -33,7 +37,15 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train a LoRA from a config file and/or flags",
                                    description="Train a LoRA. Flags override the config file.")
     parser.add_argument("--config", help="TOML config (see `lora-studio config` for every setting)")
-    parser.add_argument("--base-model", help="tiny, a hub id, a diffusers folder or a .safetensors file")
+    parser.add_argument("--base-model", help="tiny, tiny-sd2, tiny-sdxl, a hub id, a diffusers folder or a "
+                                             "single-file .safetensors checkpoint")
+    parser.add_argument("--base-config", metavar="DIR", help="for a single-file checkpoint: a diffusers folder "
+                                                          "(or hub id) with its configs and tokenizers")
+    parser.add_argument("--allow-pickle", action="store_true", default=None,
+                        help="allow .ckpt/.bin/.pt base models (loaded with torch.load(weights_only=True))")
+    parser.add_argument("--prediction-type", choices=["auto", "epsilon", "v_prediction"])
+    parser.add_argument("--train-text-encoder", action="store_true", default=None,
+                        help="also train LoRA layers on the text encoder(s)")
     parser.add_argument("--data", help="dataset folder")
     parser.add_argument("--output", help="output folder")
     parser.add_argument("--name", help="LoRA file name")

@@ -84,30 +84,39 @@ def _load_pipeline(name: str, model_config, dtype):
 
 
 def _from_folder(folder: Path, allow_pickle: bool, dtype, where: str):
-    import diffusers
-
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelError("is not a diffusers folder (no model_index.json)", where=where,
                          fix="Pass the folder that holds model_index.json, or a single .safetensors file.")
+    class_name = _pipeline_class_name(index)
+    pickled = _pickle_only_components(folder)
+    if pickled:
+        refuse_pickle(folder / pickled[0], allow_pickle)
+    try:
+        return _from_pretrained(class_name, folder, allow_pickle, dtype)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"could not be loaded: {err}", where=where,
+                         fix="Check that every component folder has its config and weights.") from err
+
+
+def _pipeline_class_name(index: Path) -> str:
     class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
     known = {f.pipeline_class for f in FAMILIES.values()}
     if class_name not in known:
         raise ModelError(f"holds a {class_name or 'unnamed'} pipeline; LoRA Studio trains "
                          f"{', '.join(sorted(known))}", where=str(index),
                          fix="Use an SD 1.x, SD 2.x or SDXL model.")
-    pickled = _pickle_only_components(folder)
-    if pickled:
-        refuse_pickle(folder / pickled[0], allow_pickle)
+    return class_name
+
+
+def _from_pretrained(class_name: str, source, allow_pickle: bool, dtype):
+    import diffusers
+
     extra = {"add_watermarker": False} if class_name == "StableDiffusionXLPipeline" else {}
     if class_name == "StableDiffusionPipeline":
         extra = {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        return getattr(diffusers, class_name).from_pretrained(
-            folder, torch_dtype=dtype, use_safetensors=None if allow_pickle else True, **extra)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"could not be loaded: {err}", where=where,
-                         fix="Check that every component folder has its config and weights.") from err
+    return getattr(diffusers, class_name).from_pretrained(
+        source, torch_dtype=dtype, use_safetensors=None if allow_pickle else True, **extra)
 
 
 def _pickle_only_components(folder: Path) -> list[str]:
@@ -122,21 +131,32 @@ def _pickle_only_components(folder: Path) -> list[str]:
 
 
 def _from_hub(repo_id: str, allow_pickle: bool, dtype):
-    """Resolve a hub id through the normal cache; offline (HF_HUB_OFFLINE=1) it must already be there."""
-    from huggingface_hub import constants, snapshot_download
+    """Resolve a hub id through the normal cache; offline (HF_HUB_OFFLINE=1) it must already be there.
+
+    diffusers' `from_pretrained` fetches only the files the pipeline needs (not a repository's extra
+    single-file checkpoints or other variants); model_index.json first tells which pipeline class it is.
+    """
+    from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    patterns = ["*.json", "*.txt", "*.safetensors"] + (["*.bin", "*.ckpt", "*.pt"] if allow_pickle else [])
     try:
-        folder = snapshot_download(repo_id, allow_patterns=patterns)
-    except LocalEntryNotFoundError as err:
+        class_name = _pipeline_class_name(Path(hf_hub_download(repo_id, "model_index.json")))
+        return _from_pretrained(class_name, repo_id, allow_pickle, dtype)
+    except (LocalEntryNotFoundError, OSError) as err:
+        missing = isinstance(err, LocalEntryNotFoundError) or constants.HF_HUB_OFFLINE
+        if not missing:
+            raise ModelError(f"could not be loaded from the Hugging Face hub: {err}", where=repo_id,
+                             fix="Check the id (org/name) and your access to it; without safetensors weights "
+                                 "pass --allow-pickle if you trust the repository.") from err
         offline = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
         raise ModelError(
-            f"is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {offline}", where=repo_id,
+            f"is not (completely) in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {offline}",
+            where=repo_id,
             fix=f"Download it once with network (`hf download {repo_id}` or `huggingface-cli download "
                 f"{repo_id}`) into the same HF_HOME, or pass a local diffusers folder or .safetensors file.",
         ) from err
     except Exception as err:  # huggingface_hub raises many types (not found, gated, HTTP errors)
+        if isinstance(err, ModelError):
+            raise
         raise ModelError(f"could not be fetched from the Hugging Face hub: {err}", where=repo_id,
                          fix="Check the id (org/name) and your access to it, or pass a local model.") from err
-    return _from_folder(Path(folder), allow_pickle, dtype, where=repo_id)
