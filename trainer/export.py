@@ -130,7 +130,7 @@ def _check_exported(kohya_path: Path, peft_path: Path) -> None:
     from safetensors import safe_open
 
     with safe_open(str(kohya_path), "pt") as kohya, safe_open(str(peft_path), "pt") as peft:
-        kohya_keys, peft_keys = kohya.keys(), peft.keys()  # safe_open handles are not iterable themselves
+        kohya_keys, peft_keys = kohya.keys(), peft.keys()  # safe_open handles are not iterable
     kohya_pairs = sum(1 for k in kohya_keys if k.endswith("lora_down.weight"))
     peft_pairs = sum(1 for k in peft_keys if k.endswith("lora_A.weight"))
     if kohya_pairs != peft_pairs or peft_pairs == 0:
