@@ -105,6 +105,10 @@ def test_healthcheck_and_entrypoint_commands_exist_in_the_image():
     health = instructions("HEALTHCHECK")[0]
     command = exec_form(health.split("CMD", 1)[1].strip())
     assert command[0] in scripts, f"{command[0]} is not a console script of the project"
+    # Console scripts land in the venv's bin, which PATH starts with, since pip runs from that venv.
+    env = " ".join(instructions("ENV"))
+    assert "VIRTUAL_ENV=/opt/venv" in env and "PATH=/opt/venv/bin:$PATH" in env
+    assert any('python3 -m venv "$VIRTUAL_ENV"' in run for run in instructions("RUN"))
     from trainer.cli import build_parser
 
     assert build_parser().parse_args(command[1:]).handler is not None  # `lora-studio healthcheck` parses

@@ -19,8 +19,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -126,13 +128,22 @@ def start_train(config_path: str | Path, num_processes: int, **options) -> subpr
 
 
 def launch_train(config_path: str | Path, num_processes: int, **options) -> int:
-    """Run `train` on `num_processes` processes and wait; the exit code is 0 when every rank finished."""
+    """Run `train` on `num_processes` processes and wait; the exit code is 0 when every rank finished.
+
+    SIGTERM to this process (`docker stop`, a job's Stop) is passed to the launcher, which passes it to every
+    rank: each stops at its next step with a checkpoint.
+    """
     proc = start_train(config_path, num_processes, **options)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate()) if on_main_thread else None
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()  # the launcher passes SIGTERM on: each rank stops at the next step and checkpoints
+        proc.terminate()
         return proc.wait()
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def rank_share(global_batch: list[int], rank: int, world: int) -> list[int]:

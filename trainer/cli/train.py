@@ -107,15 +107,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _relaunch(config, args: argparse.Namespace, workdir: str | None) -> int:
     """Start N copies of this command through accelerate, with the config (flags applied) in a file."""
+    import dataclasses
     import tempfile
     from pathlib import Path
 
     from trainer import distributed
     from trainer.config import save_config
 
+    count = len([g for g in args.gpus.split(",") if g.strip()]) if args.gpus else config.train.num_processes
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, num_processes=count))
     with tempfile.TemporaryDirectory(prefix="lora-studio-launch-") as folder:
         config_path = save_config(config, Path(folder) / "config.toml")
-        return distributed.launch_train(config_path, config.train.num_processes, gpus=args.gpus,
+        return distributed.launch_train(config_path, count, gpus=args.gpus,
                                         resume_from=args.resume, workdir=workdir, events_path=args.events,
                                         stop_file=args.stop_file)
 
