@@ -100,7 +100,7 @@ def measure(work: Path, repeats: int, steps: int) -> list[tuple[str, float, floa
         ("switch between two loaded LoRAs (set_adapters)", switch, switch_ratio),
         ("hot-swap the other loaded LoRA into the compiled slot (copy in place)", swap, swap_ratio),
         ("load a new LoRA file into the pool (read, check, inject)", load_new, None),
-        ("strength change (set_adapters)", strength, strength_ratio),
+        ("strength change (peft set_scale on the adapter's layers)", strength, strength_ratio),
         ("one denoising step (UNet, batch 2 for CFG, 128 px)", step, None),
         (f"generation with an unfused LoRA at 1.0 ({steps} steps, 128 px)", lora_gen, gen_ratio),
         ("generation, base alone", base_gen, None),
