@@ -181,7 +181,8 @@ class AdapterPool:
         """Load the checked state dict with the two calls `load_lora_weights` makes, minus unmatched keys."""
         alphas = plan.network_alphas
         metadata = None if alphas else plan.adapter_metadata
-        self._active, self._layer_cache = None, {}
+        if not hotswap:  # a hot-swap copies into existing layers: what is active stays as it was
+            self._active, self._layer_cache = None, {}
         try:
             with _quiet_loaders():
                 self._inject_parts(plan, adapter, alphas, metadata, hotswap)
@@ -239,13 +240,18 @@ class AdapterPool:
             self._set_adapters([entry.report.name], [chosen[0][1]])
         elif entry is not None:
             self._slot.fill(entry.report.name, entry.plan, self._inject)
-            self._slot.activate(chosen[0][1])
-            self._active = None
+            self._use_slot(chosen[0][1])
         elif self._slot.owner is not None:
-            self._slot.activate(0.0)
-            self._active = None  # exact: base + 0 * LoRA, without changing what the graph was built for
+            self._use_slot(0.0)  # exact: base + 0 * LoRA, without changing what the graph was built for
         else:
             self._set_adapters([], [])
+
+    def _use_slot(self, weight: float) -> None:
+        if self._active == (SLOT,):
+            self._slot.set_strength(weight)  # already the only active adapter: no module walk
+        else:
+            self._slot.activate(weight)
+            self._active = (SLOT,)
 
     def _set_adapters(self, names: list[str], weights: list[float]) -> None:
         if names and tuple(names) == self._active:
