@@ -38,6 +38,18 @@ def median_time(action, repeats: int) -> float:
     return statistics.median(times)
 
 
+def paired(first, second, repeats: int) -> tuple[float, float, float]:
+    """Median times of two actions run alternately, and the median of their per-pair ratios.
+
+    Alternating keeps a ratio honest on a shared machine whose load drifts during the run."""
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        times_a.append(median_time(first, 1))
+        times_b.append(median_time(second, 1))
+    ratio = statistics.median(a / b for a, b in zip(times_a, times_b, strict=True))
+    return statistics.median(times_a), statistics.median(times_b), ratio
+
+
 def reload_and_load(folder: Path, lora: Path) -> None:
     """The baseline: what a tool without a pool does for every change of LoRA."""
     from diffusers import StableDiffusionPipeline
@@ -47,73 +59,75 @@ def reload_and_load(folder: Path, lora: Path) -> None:
     pipe.load_lora_weights(str(lora), adapter_name="lora")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None, help="also write the table as Markdown here")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-adapters-"))
+def measure(work: Path, repeats: int, steps: int) -> list[tuple[str, float, float | None]]:
     pipe = build_tiny_pipeline("sd15")
     folder = save_tiny_model("sd15", work / "tiny")
     files = [write_lora(pipe, work / f"lora{i}.safetensors", seed=i, fmt="kohya", rank=8) for i in range(3)]
 
-    reload = median_time(lambda: reload_and_load(folder, files[0]), args.repeats)
-
     pool = AdapterPool("tiny")
     pool.load("a", files[0])
     pool.load("b", files[1])
-    flip = iter(["a", "b"] * 1000)
-    switch = median_time(lambda: pool.set_strengths({next(flip): 1.0}), args.repeats * 4)
+    flip = iter(["b", "a"] * 1000)
+    switch, reload, switch_ratio = paired(lambda: pool.set_strengths({next(flip): 1.0}),
+                                          lambda: reload_and_load(folder, files[0]), repeats)
 
     slot_pool = AdapterPool("tiny", compile=True)  # never generates here, so it never compiles
-    slot_pool.load("first", files[0])
-    names = iter(range(1000))
+    slot_pool.load("a", files[0])
+    slot_pool.load("b", files[2])
+    turns = iter(["b", "a"] * 1000)
+    swap, _, swap_ratio = paired(lambda: slot_pool.set_strengths({next(turns): 1.0}),
+                                 lambda: reload_and_load(folder, files[0]), repeats)
+    load_new = median_time(lambda: pool.load("c", files[2]), repeats)
 
-    def hotswap() -> None:
-        name = f"n{next(names)}"
-        slot_pool.load(name, files[1 + len(name) % 2])
-        slot_pool.set_strengths({name: 1.0})
-        slot_pool.unload(name)
+    unet = pool.pipe.unet
+    latents = torch.randn(2, 4, unet.config.sample_size, unet.config.sample_size)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim)
 
-    swap_file = median_time(hotswap, args.repeats)
+    def denoise() -> None:
+        with torch.no_grad():
+            unet(latents, torch.tensor(500), encoder_hidden_states=text)
 
     weights = iter([0.3, 0.6, 0.9] * 1000)
-    strength = median_time(lambda: pool.set_strengths({"a": next(weights)}), args.repeats * 4)
-    unet = pool.pipe.unet
-    size = pool.pipe.unet.config.sample_size
-    latents = torch.randn(2, 4, size, size)
-    text = torch.randn(2, 77, unet.config.cross_attention_dim)
-    pool.set_strengths({})
-    with torch.no_grad():
-        step = median_time(lambda: unet(latents, torch.tensor(500), encoder_hidden_states=text), args.repeats)
+    pool.set_strengths({"a": 1.0})
+    strength, step, strength_ratio = paired(lambda: pool.set_strengths({"a": next(weights)}), denoise, repeats)
 
     def render(strengths):
-        return lambda: pool.generate("a lighthouse", seed=1, steps=10, strengths=strengths)
+        return lambda: pool.generate("a lighthouse", seed=1, steps=steps, strengths=strengths)
 
-    base_gen = median_time(render({}), args.repeats)
-    lora_gen = median_time(render({"a": 1.0}), args.repeats)
-
-    device = pool.device
-    rows = [
-        ("reload base from disk + load LoRA", reload, None),
-        ("switch between two loaded LoRAs (set_adapters)", switch, switch / reload),
-        ("hot-swap a new LoRA file into the slot (read, check, copy)", swap_file, swap_file / reload),
-        ("strength change (set_adapters)", strength, None),
-        ("one denoising step (UNet, batch 2 for CFG, 128 px)", step, strength / step),
-        ("generation, base alone (10 steps, 128 px)", base_gen, None),
-        ("generation, unfused LoRA at 1.0", lora_gen, lora_gen / base_gen),
+    lora_gen, base_gen, gen_ratio = paired(render({"a": 1.0}), render({}), repeats)
+    return [
+        ("reload base from disk + load LoRA (the baseline)", reload, None),
+        ("switch between two loaded LoRAs (set_adapters)", switch, switch_ratio),
+        ("hot-swap the other loaded LoRA into the compiled slot (copy in place)", swap, swap_ratio),
+        ("load a new LoRA file into the pool (read, check, inject)", load_new, None),
+        ("strength change (peft set_scale on the adapter's layers)", strength, strength_ratio),
+        ("one denoising step (UNet, batch 2 for CFG, 128 px)", step, None),
+        (f"generation with an unfused LoRA at 1.0 ({steps} steps, 128 px)", lora_gen, gen_ratio),
+        ("generation, base alone", base_gen, None),
     ]
-    lines = [f"Tiny SD 1.x model, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-             f"median of {args.repeats}+ runs.", "", "| measurement | time | ratio |", "|---|---|---|"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps of the generation comparison")
+    parser.add_argument("--out", type=Path, default=None, help="also write the table as Markdown here")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: on a shared machine two spinning OpenMP threads can be 10x "
+                             "slower than one)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = measure(Path(tempfile.mkdtemp(prefix="bench-adapters-")), args.repeats, args.steps)
+    lines = [f"Tiny SD 1.x model, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+             f"median of {args.repeats} runs.", "", "| measurement | time | ratio |", "|---|---|---|"]
     for label, seconds, ratio in rows:
         lines.append(f"| {label} | {seconds * 1000:.2f} ms | {'' if ratio is None else f'{ratio:.4f}'} |")
-    lines += ["", "Ratios: swap ÷ (reload + load) on the switch and hot-swap rows (target ≤ 0.05); strength change "
-              "÷ one denoising step on the step row; LoRA generation ÷ base generation on the last row."]
-    text_out = "\n".join(lines)
-    print(text_out)
+    lines += ["", "Ratios (medians over alternating pairs): a swap ÷ (reload + load) on the switch and hot-swap "
+              "rows (target ≤ 0.05); a strength change ÷ one denoising step; a LoRA generation ÷ the base one."]
+    print("\n".join(lines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text_out + "\n")
+        args.out.write_text("\n".join(lines) + "\n")
     return 0
 
 

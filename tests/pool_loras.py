@@ -31,14 +31,15 @@ def peft_tensors(model: torch.nn.Module, targets, rank: int, seed: int, widen: i
 
 
 def write_lora(pipe, path: Path, seed: int, rank: int = 4, fmt: str = "peft", text_encoder: bool = False,
-               widen: int = 1, unet: bool = True, extra: dict[str, torch.Tensor] | None = None) -> Path:
+               widen: int = 1, unet: bool = True, extra: dict[str, torch.Tensor] | None = None,
+               targets=UNET_TARGETS) -> Path:
     """Write a LoRA for `pipe` to `path` in `fmt` (`peft` or `kohya`); alpha equals the rank (scale 1)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
     from safetensors.torch import save_file
 
     path = Path(path)
-    unet_sd = peft_tensors(pipe.unet, UNET_TARGETS, rank, seed, widen) if unet else {}
+    unet_sd = peft_tensors(pipe.unet, targets, rank, seed, widen) if unet else {}
     te_sd = peft_tensors(pipe.text_encoder, TE_TARGETS, rank, seed + 1000) if text_encoder else {}
     if fmt == "peft":
         StableDiffusionPipeline.save_lora_weights(

@@ -72,6 +72,9 @@ class AdapterPool:
         self._lock = threading.RLock()
         self._compiled = False
         self._slot = HotswapSlot(self.pipe, target_rank) if compile else None
+        self._active: tuple[str, ...] | None = None
+        """The adapters set_adapters last made active; None when unknown (after a load, unload or slot use)."""
+        self._layer_cache: dict[str, list[torch.nn.Module]] = {}
 
     def loaded(self) -> list[str]:
         """Names of the loaded LoRAs, least recently used first."""
@@ -178,6 +181,8 @@ class AdapterPool:
         """Load the checked state dict with the two calls `load_lora_weights` makes, minus unmatched keys."""
         alphas = plan.network_alphas
         metadata = None if alphas else plan.adapter_metadata
+        if not hotswap:  # a hot-swap copies into existing layers: what is active stays as it was
+            self._active, self._layer_cache = None, {}
         try:
             with _quiet_loaders():
                 self._inject_parts(plan, adapter, alphas, metadata, hotswap)
@@ -201,8 +206,10 @@ class AdapterPool:
 
     def _delete_adapter(self, adapter: str) -> None:
         present = {a for names in self.pipe.get_list_adapters().values() for a in names}
+        self._active, self._layer_cache = None, {}
         if adapter in present:
-            self.pipe.delete_adapters(adapter)
+            with _quiet_loaders():  # peft warns that the deleted adapter was active; the pool sets them anyway
+                self.pipe.delete_adapters(adapter)
 
     def _drop(self, name: str) -> None:
         entry = self._entries.pop(name)
@@ -233,20 +240,43 @@ class AdapterPool:
             self._set_adapters([entry.report.name], [chosen[0][1]])
         elif entry is not None:
             self._slot.fill(entry.report.name, entry.plan, self._inject)
-            self._slot.activate(chosen[0][1])
+            self._use_slot(chosen[0][1])
         elif self._slot.owner is not None:
-            self._slot.activate(0.0)  # exact: base + 0 * LoRA, without changing what the graph was built for
+            self._use_slot(0.0)  # exact: base + 0 * LoRA, without changing what the graph was built for
         else:
             self._set_adapters([], [])
 
+    def _use_slot(self, weight: float) -> None:
+        if self._active == (SLOT,):
+            self._slot.set_strength(weight)  # already the only active adapter: no module walk
+        else:
+            self._slot.activate(weight)
+            self._active = (SLOT,)
+
     def _set_adapters(self, names: list[str], weights: list[float]) -> None:
+        if names and tuple(names) == self._active:
+            # Only strengths change: peft's set_scale on the adapters' own layers. diffusers' set_adapters
+            # walks every module of the UNet and text encoder, which costs more than a denoising step.
+            for name, weight in zip(names, weights, strict=True):
+                for layer in self._layers(name):
+                    layer.set_scale(name, weight)
+            return
         if not any(self.pipe.get_list_adapters().values()):
             return
         if not names:
             self.pipe.disable_lora()  # the base layers alone: exactly the base image
-            return
-        self.pipe.enable_lora()
-        self.pipe.set_adapters(names, weights)
+        else:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, weights)
+        self._active = tuple(names)
+
+    def _layers(self, name: str) -> list[torch.nn.Module]:
+        """The LoRA layers of adapter `name` in the UNet and text encoder (found once, then cached)."""
+        if name not in self._layer_cache:
+            components = [c for c in (self.pipe.unet, self.pipe.text_encoder) if c is not None]
+            self._layer_cache[name] = [m for c in components for m in c.modules()
+                                       if isinstance(getattr(m, "scaling", None), dict) and name in m.scaling]
+        return self._layer_cache[name]
 
     def _compile_once(self) -> None:
         if self.compile and not self._compiled:
@@ -298,6 +328,7 @@ def _quiet_loaders():
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
             yield
     finally:
         diffusers_logging.set_verbosity(levels[0])

@@ -25,6 +25,7 @@ class HotswapSlot:
         self.owner: str | None = None
         self.modules: set[str] = set()
         self._base_scales: list[tuple[torch.nn.Module, float]] = []
+        self._layers: list[torch.nn.Module] = []
         pipe.enable_lora_hotswap(target_rank=target_rank)
 
     def why_not(self, plan: LoraPlan) -> str:
@@ -48,12 +49,13 @@ class HotswapSlot:
                 self.pipe.enable_lora_hotswap(target_rank=self.target_rank, check_compiled="ignore")
             inject(plan, SLOT, hotswap=False)
             self.modules = set(plan.modules)
+            self._layers = [m for m in self.pipe.unet.modules()
+                            if isinstance(getattr(m, "scaling", None), dict) and SLOT in m.scaling]
         else:
             self.set_strength(1.0)
             inject(plan, SLOT, hotswap=True)
         self.owner = name
-        self._base_scales = [(m, float(m.scaling[SLOT])) for m in self.pipe.unet.modules()
-                             if isinstance(getattr(m, "scaling", None), dict) and SLOT in m.scaling]
+        self._base_scales = [(m, float(m.scaling[SLOT])) for m in self._layers]
 
     def set_strength(self, weight: float) -> None:
         """Scale the slot's LoRA in place (set_adapters would put floats in: a recompile)."""
