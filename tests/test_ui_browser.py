@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from uiserver import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, start_server, stop_server
+from uiserver import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, needs, start_server, stop_server
 
 playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 if not Path(CHROMIUM).exists():
@@ -74,6 +74,7 @@ def start_training(page, name: str, steps: str) -> None:
 
 
 @pytest.mark.slow
+@needs("trainer.jobs", "trainer.data.archive", "trainer.generate")
 def test_the_whole_flow_by_clicking_and_a_restart_mid_job(tmp_path):
     from playwright.sync_api import sync_playwright
 
