@@ -71,7 +71,10 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     samples = [e for e in events if e.get("kind") == "sample" and e.get("paths")]
     failed = next((e for e in reversed(events) if e.get("kind") == "failed"), None)
     folder = Path(job["dir"])
-    downloads = [str(p) for p in job.get("outputs") or [] if Path(p).is_file()]
+    finished = next((e for e in reversed(events) if e.get("kind") == "done"), {})
+    # a gracefully stopped run exports its LoRA too; the job store lists outputs of finished runs only
+    outputs = job.get("outputs") or finished.get("outputs") or []
+    downloads = [str(p) for p in outputs if Path(p).is_file()]
     config = folder / "config.toml"
     if downloads and config.is_file() and not any(Path(p).name == "config.toml" for p in downloads):
         downloads.append(str(config))

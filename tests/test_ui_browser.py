@@ -154,6 +154,10 @@ def _flow(page, servers: list, home: Path) -> None:
     assert re.search(job_id, page.locator("#train-jobs").inner_text())
     page.locator("#train-stop").click()
     wait_status(page, r"\bstopped\b", timeout_ms=120_000)
+    page.wait_for_function(  # a graceful stop still hands over the LoRA trained so far
+        "() => /long\\.safetensors/.test(document.querySelector('#train-downloads')?.innerText.replace(/\\n/g, ''))",
+        timeout=30_000,
+    )
     shot(page, "train-stopped")
 
 
