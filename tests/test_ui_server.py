@@ -122,7 +122,7 @@ def test_zips_create_a_dataset_and_add_to_it(server, tmp_path):
     first = client.predict("zipped", [handle_file(make_zip("one.zip", ["a", "b"]))], api_name="/import_files")
     assert "Imported 2 images" in first[0], first[0]
     second = client.predict("zipped", [handle_file(make_zip("two.zip", ["c"]))], api_name="/import_files")
-    assert "Imported 1 images" in second[0], second[0]
+    assert "Imported 1 image" in second[0], second[0]
     folder = server.home / "datasets" / "zipped"
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a.txt", "b.png", "b.txt", "c.png", "c.txt"]
     assert (folder / "c.txt").read_text() == "a red c"
