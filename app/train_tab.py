@@ -71,7 +71,10 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     samples = [e for e in events if e.get("kind") == "sample" and e.get("paths")]
     failed = next((e for e in reversed(events) if e.get("kind") == "failed"), None)
     folder = Path(job["dir"])
-    downloads = [str(p) for p in job.get("outputs") or [] if Path(p).is_file()]
+    finished = next((e for e in reversed(events) if e.get("kind") == "done"), {})
+    # a gracefully stopped run exports its LoRA too; the job store lists outputs of finished runs only
+    outputs = job.get("outputs") or finished.get("outputs") or []
+    downloads = [str(p) for p in outputs if Path(p).is_file()]
     config = folder / "config.toml"
     if downloads and config.is_file() and not any(Path(p).name == "config.toml" for p in downloads):
         downloads.append(str(config))
@@ -141,31 +144,39 @@ VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details
 """The components every job command refreshes, in this order."""
 
 
-def refresh(studio: Studio, selected: str | None) -> list[Any]:
-    """New values for VIEW: the job list, and the selected job (the newest when none is)."""
+def refresh(studio: Studio, selected: str | None, pin: bool = False) -> list[Any]:
+    """New values for VIEW: the job list, and the selected job (the newest when none is).
+
+    The job picker's value is sent back only when it changes (`pin`: a command chose the job), so a timer
+    tick that started before Start finished cannot put the previous job back in the picker.
+    """
     jobs = studio.supervisor.list()
     studio.yield_gpu(jobs)
     ids = [j["id"] for j in jobs]
-    if selected not in ids:
-        selected = ids[-1] if ids else None
-    out = [job_rows(jobs), gr.update(choices=job_choices(jobs), value=selected)]
-    if selected is None:
+    chosen = selected if selected in ids else (ids[-1] if ids else None)
+    picker = (
+        gr.update(choices=job_choices(jobs), value=chosen)
+        if pin or chosen != selected
+        else gr.update(choices=job_choices(jobs))
+    )
+    out = [job_rows(jobs), picker]
+    if chosen is None:
         return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None]
-    view = job_view(studio, selected)
+    view = job_view(studio, chosen)
     return out + [view[k] for k in ("status", "loss", "samples", "log", "downloads", "job")]
 
 
 def run_command(studio: Studio, action: str, selected: str | None) -> list[Any]:
     """Stop, force-stop or resume the selected job; returns the message and VIEW."""
     if not selected:
-        return ["Select a job first.", *refresh(studio, None)]
+        return ["Select a job first.", *refresh(studio, None, pin=True)]
     sup = studio.supervisor
     try:
         result = sup.stop(selected, force=True) if action == "force" else getattr(sup, action)(selected)
     except StudioError as err:
-        return [f"**Could not {action}:** {err}", *refresh(studio, selected)]
+        return [f"**Could not {action}:** {err}", *refresh(studio, selected, pin=True)]
     new_id = result if action == "resume" and isinstance(result, str) else selected
-    return [f"{action.capitalize()}: job **{selected}**.", *refresh(studio, new_id)]
+    return [f"{action.capitalize()}: job **{selected}**.", *refresh(studio, new_id, pin=True)]
 
 
 def _wire(studio: Studio, c: dict[str, Any]) -> None:
@@ -178,8 +189,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         try:
             job_id = start_job(studio, named, dataset or "")
         except StudioError as err:
-            return [f"**Could not start:** {err}", *refresh(studio, selected)]
-        return [f"Queued job **{job_id}**.", *refresh(studio, job_id)]
+            return [f"**Could not start:** {err}", *refresh(studio, selected, pin=True)]
+        return [f"Queued job **{job_id}**.", *refresh(studio, job_id, pin=True)]
 
     def pick_dataset(name: str | None) -> Any:
         from app.datasets_tab import read_trigger

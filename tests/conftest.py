@@ -38,13 +38,8 @@ def quick_config(tmp_path, example_dataset):
     from trainer.config import load_config
 
     def make(**overrides):
-        values = {
-            "data.path": str(example_dataset),
-            "data.resolution": 64,
-            "train.steps": 4,
-            "export.output_dir": str(tmp_path / "out"),
-            "export.dtype": "float32",
-        }
+        values = {"data.path": str(example_dataset), "data.resolution": 64, "train.steps": 4,
+                  "export.output_dir": str(tmp_path / "out"), "export.dtype": "float32"}
         values.update(overrides)
         return load_config(None, values)
 

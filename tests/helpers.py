@@ -30,7 +30,6 @@ def image_array(pipe, prompt: str, seed: int = 0, steps: int = 4, size: int = 64
     import numpy as np
 
     generator = torch.Generator().manual_seed(seed)
-    image = pipe(
-        prompt, num_inference_steps=steps, width=size, height=size, generator=generator, output_type="np", **kwargs
-    ).images[0]
+    image = pipe(prompt, num_inference_steps=steps, width=size, height=size, generator=generator,
+                 output_type="np", **kwargs).images[0]
     return np.asarray(image)

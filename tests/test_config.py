@@ -31,18 +31,15 @@ def test_unknown_key_is_an_error_with_a_suggestion(tmp_path):
     assert "run.toml" in message
 
 
-@pytest.mark.parametrize(
-    ("values", "expected"),
-    [
-        ({"optim": {"learning_rate": -1}}, "optim.learning_rate must be > 0, got -1"),
-        ({"network": {"rank": 0}}, "network.rank must be 1..1024, got 0"),
-        ({"train": {"batch_size": "two"}}, "train.batch_size must be a whole number, got 'two'"),
-        ({"data": {"resolution": 100}}, "data.resolution must be 0 (the model's own) or a multiple of 8"),
-        ({"optim": {"lr_scheduler": "cosin"}}, "optim.lr_scheduler must be constant, linear or cosine"),
-        ({"export": {"name": "../evil"}}, "export.name must be letters, digits"),
-        ({"version": 99}, "version must be 1, got 99"),
-    ],
-)
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"optim": {"learning_rate": -1}}, "optim.learning_rate must be > 0, got -1"),
+    ({"network": {"rank": 0}}, "network.rank must be 1..1024, got 0"),
+    ({"train": {"batch_size": "two"}}, "train.batch_size must be a whole number, got 'two'"),
+    ({"data": {"resolution": 100}}, "data.resolution must be 0 (the model's own) or a multiple of 8"),
+    ({"optim": {"lr_scheduler": "cosin"}}, "optim.lr_scheduler must be constant, linear or cosine"),
+    ({"export": {"name": "../evil"}}, "export.name must be letters, digits"),
+    ({"version": 99}, "version must be 1, got 99"),
+])
 def test_bad_values_name_the_field(values, expected):
     with pytest.raises(ConfigError) as info:
         config_from_dict(values)
@@ -58,12 +55,8 @@ def test_every_problem_is_reported_at_once():
 def test_cli_missing_data_folder_fails_fast_naming_the_path(tmp_path):
     missing = tmp_path / "no-such-dataset"
     started = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "train", "--data", str(missing), "--output", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--data", str(missing),
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert str(missing) in result.stderr and "data.path" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -71,12 +64,8 @@ def test_cli_missing_data_folder_fails_fast_naming_the_path(tmp_path):
 
 
 def test_cli_bad_flag_value_fails_before_training(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "train", "--lr", "-3", "--output", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--lr", "-3",
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "optim.learning_rate must be > 0, got -3.0" in result.stderr
     assert not (tmp_path / "out").exists()

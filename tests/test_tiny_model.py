@@ -16,8 +16,7 @@ EXPECTED_SD15_HASH = "29398df06aa42d0a212643b8519a31eafc86399af83005e6d1e581573d
 def test_weights_are_the_same_on_every_build(tiny_pipe):
     assert weights_hash(tiny_pipe) == weights_hash(build_tiny_pipeline("sd15"))
     assert weights_hash(tiny_pipe) == EXPECTED_SD15_HASH, (
-        f"tiny model weights changed (torch {torch.__version__}); if intended, update EXPECTED_SD15_HASH"
-    )
+        f"tiny model weights changed (torch {torch.__version__}); if intended, update EXPECTED_SD15_HASH")
 
 
 def test_keeps_sd15_block_structure(tiny_pipe):
@@ -43,26 +42,8 @@ def test_cli_writes_a_folder_that_diffusers_loads_and_trains_on(tmp_path, exampl
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
     assert weights_hash(pipe) == EXPECTED_SD15_HASH
     out = tmp_path / "out"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trainer.cli",
-            "train",
-            "--base-model",
-            str(folder),
-            "--data",
-            str(example_dataset),
-            "--steps",
-            "2",
-            "--resolution",
-            "64",
-            "--output",
-            str(out),
-        ],
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
+    subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--base-model", str(folder), "--data",
+                    str(example_dataset), "--steps", "2", "--resolution", "64", "--output", str(out)],
+                   check=True, timeout=300, capture_output=True)
     assert (out / "lora.safetensors").is_file()
     assert 'base_model = "' + str(folder) in (out / "config.toml").read_text()

@@ -24,18 +24,9 @@ def overfit_run(tmp_path_factory, example_dataset):
     for suffix in (".png", ".txt"):
         shutil.copy(example_dataset / f"01{suffix}", data / f"01{suffix}")
     out = tmp_path_factory.mktemp("overfit")
-    config = load_config(
-        None,
-        {
-            "data.path": str(data),
-            "data.resolution": 64,
-            "train.steps": 60,
-            "optim.learning_rate": 5e-3,
-            "export.output_dir": str(out),
-            "export.name": "shapes",
-            "export.dtype": "float32",
-        },
-    )
+    config = load_config(None, {"data.path": str(data), "data.resolution": 64, "train.steps": 60,
+                                "optim.learning_rate": 5e-3, "export.output_dir": str(out),
+                                "export.name": "shapes", "export.dtype": "float32"})
     result = train(config)
     caption = (data / "01.txt").read_text().strip()
     return config, result, data / "01.png", caption
@@ -65,11 +56,8 @@ def test_file_loads_in_a_fresh_pipeline_and_wraps_every_attention_projection(ove
     base_image = image_array(pipe, caption)
     pipe.load_lora_weights(str(result.outputs[which]), adapter_name="trained")
     wrapped = lora_modules(pipe.unet, "trained")
-    projections = [
-        n
-        for n, _ in pipe.unet.named_modules()
-        if n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or n.endswith("to_out.0")
-    ]
+    projections = [n for n, _ in pipe.unet.named_modules()
+                   if n.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or n.endswith("to_out.0")]
     assert sorted(wrapped) == sorted(projections)
     assert not np.array_equal(image_array(pipe, caption), base_image)
 
@@ -144,9 +132,8 @@ def test_stop_flag_writes_a_checkpoint_and_a_usable_lora(quick_config, tmp_path)
 def test_resume_matches_an_uninterrupted_run(quick_config, tmp_path):
     full = train(quick_config(**{"train.steps": 6, "export.output_dir": str(tmp_path / "full")}))
     part_dir = tmp_path / "part"
-    train(
-        quick_config(**{"train.steps": 6, "export.output_dir": str(part_dir)}), should_stop=lambda: True
-    )  # stops after step 1 with a checkpoint
+    train(quick_config(**{"train.steps": 6, "export.output_dir": str(part_dir)}),
+          should_stop=lambda: True)  # stops after step 1 with a checkpoint
     resumed = train(quick_config(**{"train.steps": 6, "export.output_dir": str(part_dir)}), resume_from=part_dir)
     a, b = load_file(str(full.outputs[1])), load_file(str(resumed.outputs[1]))
     for key in a:
@@ -159,9 +146,7 @@ def test_nan_loss_stops_with_advice(quick_config):
 
     events = []
     with pytest.raises(TrainingError, match="(?i)loss became nan") as info:
-        train(
-            quick_config(**{"optim.learning_rate": 1e30, "optim.max_grad_norm": 0.0, "train.steps": 20}),
-            on_event=events.append,
-        )
+        train(quick_config(**{"optim.learning_rate": 1e30, "optim.max_grad_norm": 0.0, "train.steps": 20}),
+              on_event=events.append)
     assert "learning_rate" in info.value.fix
     assert events[-1].kind == "failed"
