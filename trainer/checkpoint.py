@@ -58,7 +58,7 @@ def save_checkpoint(accelerator, workdir: str | Path, state: TrainerState, keep_
     """
     root = checkpoints_dir(workdir)
     final = root / f"step-{state.step}"
-    tmp = root / f".step-{state.step}.tmp"  # one name on every rank
+    tmp = root / f".step-{state.step}.tmp-{_attempt_token(accelerator)}"
     main = accelerator.is_main_process
     if main:
         root.mkdir(parents=True, exist_ok=True)
@@ -92,6 +92,17 @@ def _complete(tmp: Path, final: Path, state: TrainerState) -> None:
     (final / MARKER).write_text(str(state.step), encoding="utf-8")
     _fsync_tree(final)
     fsync_dir(final.parent)
+
+
+def _attempt_token(accelerator) -> str:
+    """One temporary-folder name per run attempt, the same on every rank: a resumed run never writes into,
+    or is mistaken for, the half-written folder a killed attempt left behind."""
+    token = [f"{os.getpid()}"]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(token, from_process=0)
+    return token[0]
 
 
 def latest_checkpoint(workdir: str | Path) -> Path | None:
