@@ -137,6 +137,8 @@ class TrainingConfig:
     """Complete checkpoints to keep; older ones are pruned after a new one is complete."""
     num_processes: int = 1
     """Processes (GPUs) to train on; more than 1 launches through accelerate."""
+    gpus: str = ""
+    """GPU ids to train on, like "0,1" (one process each); empty: the first `num_processes` GPUs."""
     log_with: str = "auto"
     """Where loss, learning rate and samples are logged: `auto` (TensorBoard when installed), `tensorboard`,
     `wandb` (opt-in) or `none`. TensorBoard files go to `<run folder>/logs/<name>/`."""
@@ -235,6 +237,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.train.save_every >= 0, f"train.save_every must be >= 0 (0: only on stop), got {c.train.save_every}")
     need(c.train.keep_last >= 1, f"train.keep_last must be >= 1, got {c.train.keep_last}")
     need(c.train.num_processes >= 1, f"train.num_processes must be >= 1, got {c.train.num_processes}")
+    need(all(part.strip().isdigit() for part in c.train.gpus.split(",")) if c.train.gpus.strip() else True,
+         f"train.gpus must be GPU ids separated by commas (like \"0,1\"), got {c.train.gpus!r}")
     need(c.train.log_with in ("auto", "tensorboard", "wandb", "none"),
          f"train.log_with must be auto, tensorboard, wandb or none, got {c.train.log_with!r}")
     need(c.sample.every_n_steps >= 0, f"sample.every_n_steps must be >= 0, got {c.sample.every_n_steps}")

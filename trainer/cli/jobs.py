@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--request-key", default=None,
                    help="an idempotency key: submitting twice with the same key makes one job")
     p.add_argument("--wait", action="store_true", help="wait until the job has finished")
+    p.add_argument("--num-processes", type=int, metavar="N", help="train on N processes (GPUs) through accelerate")
+    p.add_argument("--gpus", metavar="IDS", help="GPU ids to train on, like 0,1 (one process each)")
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser("list", parents=[common, scripted], help="list jobs, oldest first")
@@ -86,7 +88,13 @@ def supervisor(args: argparse.Namespace) -> Supervisor:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    overrides = {}
+    if args.num_processes is not None:
+        overrides["train.num_processes"] = args.num_processes
+    if args.gpus:
+        overrides["train.gpus"] = args.gpus
+        overrides["train.num_processes"] = len([g for g in args.gpus.split(",") if g.strip()])
+    config = load_config(args.config, overrides)
     sup = supervisor(args)
     job_id = sup.submit(config, request_key=args.request_key)
     job = sup.wait(job_id) if args.wait else sup.show(job_id)

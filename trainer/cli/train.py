@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides_from_args(args))
     workdir = args.workdir or args.resume or None
+    args.gpus = args.gpus or config.train.gpus or None
     if (config.train.num_processes > 1 or args.gpus) and not distributed.in_launched_process():
         return _relaunch(config, args, workdir)
     from trainer.loop import train
@@ -115,7 +116,8 @@ def _relaunch(config, args: argparse.Namespace, workdir: str | None) -> int:
     from trainer.config import save_config
 
     count = len([g for g in args.gpus.split(",") if g.strip()]) if args.gpus else config.train.num_processes
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, num_processes=count))
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, num_processes=count,
+                                                                   gpus=args.gpus or ""))
     with tempfile.TemporaryDirectory(prefix="lora-studio-launch-") as folder:
         config_path = save_config(config, Path(folder) / "config.toml")
         return distributed.launch_train(config_path, count, gpus=args.gpus,

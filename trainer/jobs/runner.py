@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import load_config
-from trainer.errors import StudioError
+from trainer.errors import StudioError, TrainingError
 from trainer.jobs import process
-from trainer.jobs.events import EventLog, Heartbeat
+from trainer.jobs.events import EventLog, Heartbeat, read_events
 from trainer.jobs.library import publish
 from trainer.jobs.paths import Home, JobFiles
 from trainer.jobs.store import JobStore
@@ -71,8 +71,11 @@ class Runner:
         self.log.write({"kind": "runner", "pid": me, "resume_from": resume_from and str(resume_from)})
         print(f"job {self.job_id}: started (pid {me}), resume from {resume_from or 'scratch'}", flush=True)
         try:
-            result = train(config, on_event=self.on_event, should_stop=self.should_stop,
-                           resume_from=resume_from, workdir=self.files.dir)
+            if config.train.num_processes > 1 or config.train.gpus:
+                result = self.train_distributed(config, resume_from)
+            else:
+                result = train(config, on_event=self.on_event, should_stop=self.should_stop,
+                               resume_from=resume_from, workdir=self.files.dir)
         except Exception as err:  # every failure becomes a readable `failed` status
             traceback.print_exc()
             self.fail(err)
@@ -87,6 +90,28 @@ class Runner:
         self.store.update(self.job_id, status="done", step=result.step, loss=result.final_loss,
                           outputs=outputs, library=library, only_if=("running",))
         return 0
+
+    def train_distributed(self, config, resume_from):
+        """Train on several processes through accelerate; rank 0 appends its events to this job's log."""
+        from trainer import distributed
+        from trainer.loop import Result
+
+        seen = len(read_events(self.files.events))
+        gpus = config.train.gpus or None
+        code = distributed.launch_train(self.files.config, config.train.num_processes, gpus=gpus,
+                                        resume_from=resume_from, workdir=self.files.dir,
+                                        events_path=self.files.events, stop_file=self.files.stop_flag)
+        events = read_events(self.files.events, since=seen)
+        finished = [e for e in events if e.get("kind") in ("done", "failed")]
+        self.failed_written = any(e.get("kind") == "failed" for e in finished)
+        if code != 0 or not finished or finished[-1]["kind"] == "failed":
+            last = finished[-1] if finished else {}
+            raise TrainingError(last.get("error") or f"the training processes exited with code {code}",
+                                fix=last.get("advice") or "Read the job's log for the traceback.")
+        losses = [e["loss"] for e in events if e.get("kind") == "progress" and e.get("loss") is not None]
+        done = finished[-1]
+        return Result([Path(p) for p in done["outputs"]], done["step"], losses[-1] if losses else float("nan"),
+                      bool(done.get("stopped")), losses)
 
     def fail(self, err: BaseException) -> None:
         message, advice = explain(err)
