@@ -47,15 +47,6 @@ class Request:
     height: int = 128
 
 
-def _swap_seconds(pool: Any) -> float | None:
-    """The pool's own measure of its last adapter switch, when it keeps one."""
-    for attr in ("last_swap_s", "last_swap_seconds", "swap_seconds"):
-        value = getattr(pool, attr, None)
-        if value is not None:
-            return float(value() if callable(value) else value)
-    return None
-
-
 def _ensure_loaded(studio: Studio, pool: Any, names: list[str]) -> float:
     """Load the named library LoRAs the pool lacks (or whose file changed); returns the seconds it took."""
     library = studio.lora_files()
@@ -107,16 +98,14 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
             height=req.height,
             strengths=strengths,
         )
-        swap = _swap_seconds(pool)
+        swap = pool.last_swap_s
         device = studio.pool_device() or "?"
     mix = ", ".join(f"{n} × {w:g}" for n, w in strengths.items()) or "no LoRA (base model)"
     info = f"{mix} · seed {req.seed} · {time.perf_counter() - started:.1f}s on {device}"
+    if load_s > 0.001:
+        info += f" · loaded from disk in {load_s * 1000:.0f} ms"
     if swap is not None:
-        info += f" · LoRA swap took {swap * 1000:.0f} ms"
-    elif strengths and load_s > 0.001:
-        info += f" · LoRA swap (load from disk) took {load_s * 1000:.0f} ms"
-    elif strengths:
-        info += " · LoRA swap: already in memory, no reload"
+        info += f" · LoRA swap took {swap * 1000:.1f} ms (no reload)"
     return images[0], info
 
 

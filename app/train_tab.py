@@ -84,6 +84,9 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     )
     if job["status"] == "running" and job.get("eta_s") is not None:
         status += f" · ETA {fmt_eta(job['eta_s'])}"
+    started = next((e for e in reversed(events) if e.get("kind") == "started"), {})
+    if started.get("log_dir"):
+        status += f"\n\nTensorBoard: `tensorboard --logdir {started['log_dir']}`"
     error = job.get("error") or (failed or {}).get("error")
     if error:
         advice = (failed or {}).get("advice")
@@ -94,7 +97,7 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
         "samples": [(p, f"step {samples[-1]['step']}") for p in samples[-1]["paths"]] if samples else [],
         "log": sup.log_tail(job_id, lines=LOG_LINES),
         "downloads": downloads,
-        "job": job,
+        "job": {**job, "tensorboard_log_dir": started.get("log_dir") or None},
     }
 
 

@@ -54,6 +54,7 @@ def test_a_then_b_then_a_gives_the_a_image_back_exactly(pool):
     other = image(pool, {"b": 1.0})
     again = image(pool, {"a": 1.0})
     assert np.array_equal(first, again)
+    assert pool.last_swap_s is not None and 0 <= pool.last_swap_s < 5
     assert np.abs(first - other).max() > 0.01
 
 

@@ -200,6 +200,8 @@ def test_upload_train_download_and_preview_over_the_api(server, tmp_path):
     assert done["status"] == "done", client.predict(job_id, api_name="/show_job")[5]
     view = client.predict(job_id, api_name="/show_job")
     assert "**done** · step 4/4" in view[2]
+    log_dir = Path(done["tensorboard_log_dir"])  # TensorBoard is in the test extra, so runs log to it
+    assert f"tensorboard --logdir {log_dir}" in view[2] and any(log_dir.rglob("events.out.tfevents.*"))
     assert view[4], "the latest samples are shown"
 
     # the downloads: both LoRA files and the config
@@ -234,7 +236,7 @@ def test_upload_train_download_and_preview_over_the_api(server, tmp_path):
     base = client.predict(**common, **none, api_name="/generate")
     at0 = client.predict(**common, **none | {"lora_1": "shapes", "strength_1": 0.0}, api_name="/generate")
     at1 = client.predict(**common, **none | {"lora_1": "shapes", "strength_1": 1.0}, api_name="/generate")
-    assert "shapes × 1" in at1[1], at1[1]
+    assert "shapes × 1" in at1[1] and "LoRA swap took" in at1[1], at1[1]
     assert np.array_equal(pixels(base[0]), pixels(at0[0]))
     assert np.abs(pixels(base[0]) - pixels(at1[0])).max() > 0
 

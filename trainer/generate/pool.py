@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class AdapterPool:
         self._compiled = False
         self._slot = HotswapSlot(self.pipe, target_rank) if compile else None
         self._active: tuple[str, ...] | None = None
+        self.last_swap_s: float | None = None
+        """Seconds the last generate() spent switching LoRAs and strengths (no file is read then)."""
         """The adapters set_adapters last made active; None when unknown (after a load, unload or slot use)."""
         self._layer_cache: dict[str, list[torch.nn.Module]] = {}
 
@@ -128,7 +131,9 @@ class AdapterPool:
                  output_type: str = "pil") -> list:
         """Images for `prompt` with the named LoRAs at their strengths; LoRAs not named are off."""
         with self._lock:
+            started = time.perf_counter()
             self.set_strengths(strengths or {})
+            self.last_swap_s = time.perf_counter() - started
             self._compile_once()
             return render(self.pipe, prompt, negative_prompt, seed, steps, guidance, width, height,
                           num_images, output_type)
