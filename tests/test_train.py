@@ -150,3 +150,23 @@ def test_nan_loss_stops_with_advice(quick_config):
               on_event=events.append)
     assert "learning_rate" in info.value.fix
     assert events[-1].kind == "failed"
+
+
+def test_every_loop_option_trains(quick_config):
+    """Accumulation, gradient checkpointing, min-SNR, noise offset, cosine warmup, TE LoRA: finite losses."""
+    events = []
+    result = train(quick_config(**{
+        "train.gradient_accumulation_steps": 2, "train.gradient_checkpointing": True, "train.min_snr_gamma": 5.0,
+        "train.noise_offset": 0.05, "optim.lr_scheduler": "cosine", "optim.warmup_steps": 2,
+        "train.batch_size": 2, "network.train_text_encoder": True, "optim.text_encoder_lr": 5e-5,
+    }), on_event=events.append)
+    assert result.step == 4 and all(np.isfinite(result.losses))
+    lrs = [e.lr for e in events if e.kind == "progress"]
+    assert lrs[0] == pytest.approx(0.5e-4) and lrs[1] == pytest.approx(1e-4) and lrs[-1] < lrs[1]
+    started = events[0]
+    assert not started.cached_text  # a trained text encoder cannot be cached
+
+
+def test_bf16_mixed_precision_runs_on_cpu(quick_config):
+    result = train(quick_config(**{"train.mixed_precision": "bf16"}))
+    assert all(np.isfinite(result.losses)) and result.outputs[0].is_file()

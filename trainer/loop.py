@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_scheduler
@@ -59,6 +60,10 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
     validate(config)
     should_stop = should_stop or (lambda: False)
     workdir = Path(workdir or config.export.output_dir)
+    # accelerate keeps precision and accumulation settings in process-wide singletons; a second train() in
+    # one process (tests, notebooks, the API) may ask for others. The process group (PartialState) stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=choose_mixed_precision(config.train.mixed_precision),
                               gradient_accumulation_steps=config.train.gradient_accumulation_steps,
                               **dist.accelerator_kwargs(), **tracking.tracker_kwargs(config, workdir))
