@@ -162,7 +162,7 @@ def test_documented_two_machine_commands_give_accelerate_a_two_node_world():
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
 
-    with open(os.path.join(ROOT, "docs", "sections", "gpu.md"), encoding="utf-8") as handle:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
         text = handle.read().replace("\\\n", " ")
     commands = [shlex.split(line) for line in text.splitlines()
                 if re.match(r"\s*accelerate launch .*--num_machines 2", line)]
