@@ -99,12 +99,7 @@ def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, 
 
     kohya_path = out_dir / f"{config.export.name}.safetensors"
     peft_path = out_dir / f"{config.export.name}.peft.safetensors"
-    adapter_meta = {}
-    for component, lora_config in lora_configs.items():
-        for key, value in lora_config.to_dict().items():
-            adapter_meta[f"{component}.{key}"] = sorted(value) if isinstance(value, set) else value
-    peft_metadata = dict(metadata, format="pt")
-    peft_metadata[ADAPTER_METADATA_KEY] = json.dumps(adapter_meta, sort_keys=True, default=str)
+    peft_metadata = dict(metadata, format="pt", **adapter_metadata(lora_configs))
 
     with atomic_path(peft_path) as tmp:
         save_file(peft_tensors, str(tmp), metadata=peft_metadata)
@@ -115,6 +110,15 @@ def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, 
         save_file(kohya_tensors, str(tmp), metadata=dict(metadata, format="pt"))
     _check_exported(kohya_path, peft_path)
     return [kohya_path, peft_path]
+
+
+def adapter_metadata(lora_configs: dict[str, LoraConfig]) -> dict[str, str]:
+    """Each component's LoraConfig (rank, alpha, targets) in the metadata key diffusers reads on load."""
+    meta = {}
+    for component, lora_config in lora_configs.items():
+        for key, value in lora_config.to_dict().items():
+            meta[f"{component}.{key}"] = sorted(value) if isinstance(value, set) else value
+    return {ADAPTER_METADATA_KEY: json.dumps(meta, sort_keys=True, default=str)}
 
 
 def read_lora_metadata(path: str | Path) -> dict[str, str]:
