@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from app.security import MAX_UPLOAD_FILES, MAX_UPLOAD_MB, inside, safe_name
+from trainer.jobs.paths import Home
 
 ACTIVE = ("queued", "running")
 
@@ -55,11 +56,11 @@ class Studio:
 
     @property
     def datasets_dir(self) -> Path:
-        return self.home / "datasets"
+        return Home(self.home).datasets
 
     @property
     def loras_dir(self) -> Path:
-        return self.home / "loras"
+        return Home(self.home).loras
 
     def dataset_path(self, name: str) -> Path:
         """The folder of dataset `name`, refusing names that are not plain or escape `<home>/datasets`."""
