@@ -78,6 +78,7 @@ def measure(work: Path, repeats: int, steps: int) -> list[tuple[str, float, floa
     swap, _, swap_ratio = paired(lambda: slot_pool.set_strengths({next(turns): 1.0}),
                                  lambda: reload_and_load(folder, files[0]), repeats)
     load_new = median_time(lambda: pool.load("c", files[2]), repeats)
+    load_slot = median_time(lambda: slot_pool.load("c", files[1]), repeats)
 
     unet = pool.pipe.unet
     latents = torch.randn(2, 4, unet.config.sample_size, unet.config.sample_size)
@@ -100,6 +101,8 @@ def measure(work: Path, repeats: int, steps: int) -> list[tuple[str, float, floa
         ("switch between two loaded LoRAs (set_adapters)", switch, switch_ratio),
         ("hot-swap the other loaded LoRA into the compiled slot (copy in place)", swap, swap_ratio),
         ("load a new LoRA file into the pool (read, check, inject)", load_new, None),
+        ("load a new LoRA file into the compiled pool (read, check, diffusers hot-swap once, keep)",
+         load_slot, None),
         ("strength change (peft set_scale on the adapter's layers)", strength, strength_ratio),
         ("one denoising step (UNet, batch 2 for CFG, 128 px)", step, None),
         (f"generation with an unfused LoRA at 1.0 ({steps} steps, 128 px)", lora_gen, gen_ratio),
@@ -117,6 +120,12 @@ def main() -> int:
                              "slower than one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):  # the baseline's reloads print bars and notices
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
     rows = measure(Path(tempfile.mkdtemp(prefix="bench-adapters-")), args.repeats, args.steps)
     lines = [f"Tiny SD 1.x model, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
              f"median of {args.repeats} runs.", "", "| measurement | time | ratio |", "|---|---|---|"]

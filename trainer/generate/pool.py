@@ -52,8 +52,6 @@ class LoadReport:
 @dataclass
 class _Entry:
     report: LoadReport
-    plan: LoraPlan | None
-    """Kept only for slot LoRAs, whose weights are copied in on use; None once injected as an adapter."""
 
 
 class AdapterPool:
@@ -108,16 +106,13 @@ class AdapterPool:
             reason = self._slot.why_not(plan) if self._slot else ""
             if self._slot and not reason:
                 report.hotswap = True
-                entry = _Entry(report, plan)
-                if self._slot.owner is None:
-                    self._slot.fill(name, plan, self._inject)
+                self._slot.add(name, plan, self._inject)
             else:
                 if self._slot:
                     report.note = f"not hot-swappable: {reason}; loaded as its own adapter (using it " \
                                   "recompiles the UNet)"
                 self._inject(plan, name)
-                entry = _Entry(report, None)
-            self._entries[name] = entry
+            self._entries[name] = _Entry(report)
             return report
 
     def unload(self, name: str) -> None:
@@ -244,7 +239,7 @@ class AdapterPool:
         if entry is not None and not entry.report.hotswap:
             self._set_adapters([entry.report.name], [chosen[0][1]])
         elif entry is not None:
-            self._slot.fill(entry.report.name, entry.plan, self._inject)
+            self._slot.fill(entry.report.name)
             self._use_slot(chosen[0][1])
         elif self._slot.owner is not None:
             self._use_slot(0.0)  # exact: base + 0 * LoRA, without changing what the graph was built for
