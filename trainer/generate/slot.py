@@ -56,9 +56,6 @@ class HotswapSlot:
             return f"it targets {len(extra)} layers the first LoRA does not (e.g. {extra[0]})"
         return ""
 
-    def holds(self, name: str) -> bool:
-        return name in self._contents
-
     def add(self, name: str, plan: LoraPlan, inject) -> None:
         """Let diffusers write `plan` into the slot once, keep what it wrote, then put the owner back.
 
@@ -76,6 +73,7 @@ class HotswapSlot:
                 inject(plan, SLOT, hotswap=True)
             except Exception:
                 self._put_back(self.owner)  # a failed hot-swap may have written part of the new LoRA
+                self.set_strength(self._weight)
                 raise
         self._contents[name] = self._capture(plan.rank)
         previous, self.owner = self.owner, name
