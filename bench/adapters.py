@@ -121,11 +121,13 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as transformers_logging
 
     for logging in (diffusers_logging, transformers_logging):  # the baseline's reloads print bars and notices
         logging.set_verbosity_error()
         logging.disable_progress_bar()
+    disable_progress_bars()
     rows = measure(Path(tempfile.mkdtemp(prefix="bench-adapters-")), args.repeats, args.steps)
     lines = [f"Tiny SD 1.x model, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, "
              f"median of {args.repeats} runs.", "", "| measurement | time | ratio |", "|---|---|---|"]
