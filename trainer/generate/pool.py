@@ -49,11 +49,6 @@ class LoadReport:
     """Why a LoRA could not be hot-swapped, or other things worth saying."""
 
 
-@dataclass
-class _Entry:
-    report: LoadReport
-
-
 class AdapterPool:
     """A base pipeline loaded once, with named LoRAs beside it."""
 
@@ -67,7 +62,7 @@ class AdapterPool:
         self.compile_backend = compile_backend
         self.max_loaded = max_loaded
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._entries: OrderedDict[str, LoadReport] = OrderedDict()
         self._lock = threading.RLock()
         self._compiled = False
         self._slot = HotswapSlot(self.pipe, target_rank) if compile else None
@@ -84,7 +79,7 @@ class AdapterPool:
 
     def report(self, name: str) -> LoadReport:
         with self._lock:
-            return self._entry(name).report
+            return self._entry(name)
 
     def load(self, name: str, path: str | Path) -> LoadReport:
         """Load a LoRA file as `name` (replacing one of that name); a bad file leaves the pool as it was."""
@@ -112,7 +107,7 @@ class AdapterPool:
                     report.note = f"not hot-swappable: {reason}; loaded as its own adapter (using it " \
                                   "recompiles the UNet)"
                 self._inject(plan, name)
-            self._entries[name] = _Entry(report)
+            self._entries[name] = report
             return report
 
     def unload(self, name: str) -> None:
@@ -170,7 +165,7 @@ class AdapterPool:
 
     # internals (called with the lock held)
 
-    def _entry(self, name: str) -> _Entry:
+    def _entry(self, name: str) -> LoadReport:
         if name not in self._entries:
             loaded = ", ".join(self._entries) or "none"
             raise StudioError(f"no LoRA named {name!r} is loaded (loaded: {loaded})",
@@ -212,8 +207,7 @@ class AdapterPool:
                 self.pipe.delete_adapters(adapter)
 
     def _drop(self, name: str) -> None:
-        entry = self._entries.pop(name)
-        if entry.report.hotswap:
+        if self._entries.pop(name).hotswap:
             self._slot.release(name)
         else:
             self._delete_adapter(name)
@@ -222,7 +216,7 @@ class AdapterPool:
         """Evict least recently used LoRAs until the new one fits under max_loaded and max_bytes."""
         def over() -> bool:
             count = self.max_loaded is not None and len(self._entries) + 1 > self.max_loaded
-            used = sum(e.report.nbytes for e in self._entries.values())
+            used = sum(r.nbytes for r in self._entries.values())
             return count or (self.max_bytes is not None and used + incoming > self.max_bytes)
 
         while self._entries and over():
@@ -236,10 +230,10 @@ class AdapterPool:
             raise StudioError("mixing several LoRAs is not available on a compiled pool (each mix would "
                               "recompile)", fix="Create the pool with compile=False to mix LoRAs.")
         entry = self._entries[chosen[0][0]] if chosen else None
-        if entry is not None and not entry.report.hotswap:
-            self._set_adapters([entry.report.name], [chosen[0][1]])
+        if entry is not None and not entry.hotswap:
+            self._set_adapters([entry.name], [chosen[0][1]])
         elif entry is not None:
-            self._slot.fill(entry.report.name)
+            self._slot.fill(entry.name)
             self._use_slot(chosen[0][1])
         elif self._slot.owner is not None:
             self._use_slot(0.0)  # exact: base + 0 * LoRA, without changing what the graph was built for
