@@ -189,15 +189,7 @@ def test_healthcheck_exit_code_follows_the_server(status, healthy, image_path):
     assert (proc.returncode == 0) is healthy, proc.stdout + proc.stderr
 
 
-def _serve_available() -> bool:
-    from trainer.cli import COMMAND_MODULES
-
-    return "serve" in COMMAND_MODULES
-
-
 def test_entrypoint_refuses_to_serve_without_a_login(image_path):
-    if not _serve_available():
-        pytest.skip("`lora-studio serve` is not on this branch yet (the UI branch adds it)")
     proc = subprocess.run(["sh", str(ROOT / "docker" / "entrypoint.sh")], env=image_path, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0
@@ -208,8 +200,6 @@ def test_entrypoint_refuses_to_serve_without_a_login(image_path):
 def test_entrypoint_serves_with_a_secret_file_and_turns_healthy(image_path, tmp_path):
     from trainer.cli import health
 
-    if not _serve_available():
-        pytest.skip("`lora-studio serve` is not on this branch yet (the UI branch adds it)")
     secret = tmp_path / "auth"
     secret.write_text("admin:a-long-test-password\n")
     port = free_port()

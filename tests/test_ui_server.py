@@ -17,7 +17,7 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from PIL import Image
-from uiserver import ROOT, http_status, needs, running_server
+from uiserver import ROOT, http_status, running_server
 
 from app import forms
 from trainer.config import TrainConfig, load_config
@@ -35,7 +35,6 @@ def file_url(server, path) -> str:
     return f"{server.url}/gradio_api/file={urllib.parse.quote(str(path))}"
 
 
-@needs("trainer.jobs")
 def test_only_files_under_home_are_served(server, tmp_path):
     lora = server.home / "loras" / "mine.safetensors"
     lora.write_bytes(b"not really a lora")
@@ -104,7 +103,6 @@ def test_a_network_server_needs_its_login(tmp_path):
             assert config.status_code == 200 and "components" in json.loads(config.text)
 
 
-@needs("trainer.data.archive")
 def test_zips_create_a_dataset_and_add_to_it(server, tmp_path):
     import zipfile
 
@@ -162,7 +160,6 @@ def pixels(path: str) -> np.ndarray:
 
 
 @pytest.mark.slow
-@needs("trainer.jobs", "trainer.data.archive", "trainer.generate")
 def test_upload_train_download_and_preview_over_the_api(server, tmp_path):
     """The whole product over its API: upload, train, poll, download, load in diffusers, preview."""
     archive = zip_dataset(EXAMPLE, tmp_path / "shapes.zip")

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import time
 
-from uiserver import needs
-
 from app.studio import Studio
 
 
-@needs("trainer.jobs")
 def test_previews_stay_off_the_gpu_while_a_job_trains(tmp_path):
     studio = Studio(tmp_path / "home")
     assert studio._preview_device(training=True) == "cpu"
     assert studio.yield_gpu([{"id": "a", "status": "running"}]) is False  # nothing on a GPU to give back
 
 
-@needs("trainer.generate", "trainer.jobs")
 def test_an_idle_pool_is_released(tmp_path):
     studio = Studio(tmp_path / "home", idle_s=0.5)
     assert studio.dataset_names() == [] and (studio.home / "loras").is_dir()

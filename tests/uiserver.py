@@ -129,14 +129,3 @@ def http_status(url: str, data: bytes | None = None, headers: dict[str, str] | N
             return response.status, response.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def needs(*modules: str):
-    """Skip (saying which) when a part of LoRA Studio the test drives is not in this checkout at all;
-    a part that is present but broken still fails the test."""
-    import importlib.util
-
-    import pytest
-
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    return pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} is not in this checkout yet")
