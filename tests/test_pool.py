@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pool_loras import write_lora
 
-from trainer.errors import StudioError
+from trainer.errors import LoraFileError, StudioError
 from trainer.generate import AdapterPool, read_lora_file, render
 
 # One denoising step without classifier-free guidance, compared as latents (before the VAE): exact and cheap.
@@ -84,7 +84,7 @@ def test_text_encoder_layers_load_and_count(pool):
     assert np.abs(image(pool, {"te": 1.0}) - image(pool, {})).max() > 0.01
 
 
-def test_unmatched_keys_are_reported_per_file_and_the_rest_loads(tmp_path, tiny_pipe):
+def test_unmatched_keys_refuse_the_file_unless_partial_is_allowed_then_are_reported(tmp_path, tiny_pipe):
     import torch
 
     extra = {"lora_unet_not_a_block_to_q.lora_down.weight": torch.ones(4, 8),
@@ -93,7 +93,10 @@ def test_unmatched_keys_are_reported_per_file_and_the_rest_loads(tmp_path, tiny_
     path = write_lora(tiny_pipe, tmp_path / "odd.safetensors", seed=5, fmt="kohya", extra=extra)
     clean = write_lora(tiny_pipe, tmp_path / "clean.safetensors", seed=5, fmt="kohya")
     pool = AdapterPool("tiny")
-    report = pool.load("odd", path)
+    with pytest.raises(LoraFileError, match=r"has 2 keys that match no layer .*not.a.block.*allow_partial") as caught:
+        pool.load("odd", path)
+    assert str(path) in str(caught.value) and pool.loaded() == [] and not any(pool.pipe.get_list_adapters().values())
+    report = pool.load("odd", path, allow_partial=True)
     assert len(report.unmatched) == 2 and all("not" in key for key in report.unmatched)
     assert report.layers == 128
     assert pool.load("clean", clean).unmatched == []

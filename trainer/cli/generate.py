@@ -39,6 +39,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     parser.add_argument("--width", type=int, default=None, help="width in pixels (default: the model's)")
     parser.add_argument("--height", type=int, default=None, help="height in pixels (default: the model's)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="load a LoRA whose file has keys matching no layer of the base model (they are "
+                             "listed); without it such a file is refused")
 
 
 def parse_lora_arg(text: str) -> tuple[Path, float]:
@@ -55,7 +58,7 @@ def parse_lora_arg(text: str) -> tuple[Path, float]:
 def run_generate(args: argparse.Namespace) -> int:
     from trainer.generate import save_png
 
-    pool, names = _pool_with(args.base_model, [parse_lora_arg(item) for item in args.lora])
+    pool, names = _pool_with(args.base_model, [parse_lora_arg(item) for item in args.lora], args.allow_partial)
     images = pool.generate(args.prompt, negative_prompt=args.negative_prompt, seed=args.seed,
                            steps=args.steps, guidance=args.guidance, width=args.width, height=args.height,
                            strengths=names, num_images=args.num_images)
@@ -75,7 +78,8 @@ def run_grid(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise StudioError(f"--strengths must be numbers separated by commas, got {args.strengths!r}",
                           fix="For example --strengths 0,0.5,1") from err
-    pool, names = _pool_with(args.base_model, [(parse_lora_arg(item)[0], 1.0) for item in args.lora])
+    pool, names = _pool_with(args.base_model, [(parse_lora_arg(item)[0], 1.0) for item in args.lora],
+                              args.allow_partial)
     image = pool.grid(args.prompt, strengths=strengths, seed=args.seed, loras=list(names),
                       negative_prompt=args.negative_prompt, steps=args.steps, guidance=args.guidance,
                       width=args.width, height=args.height)
@@ -83,7 +87,7 @@ def run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pool_with(base_model: str, loras: list[tuple[Path, float]]):
+def _pool_with(base_model: str, loras: list[tuple[Path, float]], allow_partial: bool = False):
     """A pool with every file loaded, named by its stem; each file's load report goes to stderr."""
     from trainer.generate import AdapterPool
 
@@ -94,7 +98,7 @@ def _pool_with(base_model: str, loras: list[tuple[Path, float]]):
         name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in stem) or "lora"
         while name in strengths:
             name += "_"
-        report = pool.load(name, path)
+        report = pool.load(name, path, allow_partial=allow_partial)
         print(f"loaded {path} as {name!r}: {report.format} keys, rank {report.rank}, {report.layers} layers, "
               f"strength {strength:g}", file=sys.stderr)
         if report.unmatched:

@@ -1,12 +1,15 @@
 """Read a LoRA file safely and match it against a pipeline before anything touches the model.
 
     lora = read_lora_file("style.safetensors")          # LoraFileError for anything that is not a sound file
-    plan = plan_lora(pipe, lora)                         # LoraFileError when it does not fit this model
-    plan.unmatched                                       # keys that match no layer (reported, not loaded)
+    plan = plan_lora(pipe, lora)                         # LoraFileError when it does not fit this model,
+                                                         # or when any key matches no layer of it
+    plan = plan_lora(pipe, lora, allow_partial=True)     # load what fits; plan.unmatched lists the rest
 
 Both kohya/A1111 keys (`lora_unet_…`, `lora_te_…`, `.alpha`) and diffusers/PEFT keys (`unet.….lora_A.weight`,
-`unet.….lora.down.weight`) are read; diffusers' own converters turn them into one form. Only safetensors is
-ever opened: a pickle is refused by its first bytes, never unpickled.
+`unet.….lora.down.weight`) are read; diffusers' own converters turn them into one form (SDXL's sd-scripts names,
+`lora_unet_input_blocks_4_1_…`, are mapped with the UNet's config, as `load_lora_weights` does). The model
+family says which components a file may hold (`unet`, `text_encoder`, and `text_encoder_2` on SDXL). Only
+safetensors is ever opened: a pickle is refused by its first bytes, never unpickled.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import torch
 from trainer.errors import LoraFileError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-COMPONENTS = ("unet", "text_encoder")
 _DIFFUSERS_PARTS = ("lora_A", "lora_B", "lora.down", "lora.up", "lora_linear_layer")
 _REFETCH = "Download or copy the file again; if it is not a LoRA, pick the right file."
 
@@ -51,14 +53,14 @@ class LoraPlan:
     modules: set[str] = field(default_factory=set)
     """Matched layers as `component.module.path`."""
     unmatched: list[str] = field(default_factory=list)
-    """Keys of the file that match no layer of this model; they are not loaded."""
+    """Keys of the file that match no layer of this model (only with allow_partial; they are not loaded)."""
     rank: int = 0
     source: str = ""
     """The file the plan was made from (for error messages)."""
 
     @property
     def has_text_encoder(self) -> bool:
-        return any(m.startswith("text_encoder.") for m in self.modules)
+        return any(not m.startswith("unet.") for m in self.modules)
 
     def component(self, name: str) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict.items() if k.startswith(f"{name}.")}
@@ -126,12 +128,15 @@ def _read_header(path: Path) -> dict:
     return header
 
 
-def plan_lora(pipe, lora: LoraFile) -> LoraPlan:
-    """Convert the keys with diffusers, keep those that fit a layer, refuse a file that does not fit."""
+def plan_lora(pipe, lora: LoraFile, allow_partial: bool = False) -> LoraPlan:
+    """Convert the keys with diffusers, match each to a layer of the family's components, and refuse a file that
+    does not fit, or (unless `allow_partial`) one with any key that matches no layer."""
     from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
 
+    from trainer.models.families import family_for_pipeline
+
     try:
-        state_dict, alphas = type(pipe).lora_state_dict(dict(lora.tensors))
+        state_dict, alphas = type(pipe).lora_state_dict(dict(lora.tensors), unet_config=pipe.unet.config)
     except (ValueError, KeyError) as err:
         raise LoraFileError(f"has keys that are not LoRA layers diffusers can read "
                             f"({str(err).strip()[:300]})", where=str(lora.path),
@@ -140,10 +145,10 @@ def plan_lora(pipe, lora: LoraFile) -> LoraPlan:
     adapter_metadata = json.loads(raw_meta) if raw_meta else None
     plan = LoraPlan(state_dict={}, network_alphas=alphas or None, adapter_metadata=adapter_metadata,
                     source=str(lora.path))
-    modules = {name: dict(getattr(pipe, name).named_modules())
-               for name in COMPONENTS if getattr(pipe, name, None) is not None}
+    components = [c for c in family_for_pipeline(pipe).components if getattr(pipe, c, None) is not None]
+    modules = {name: dict(getattr(pipe, name).named_modules()) for name in components}
     misfits: list[str] = []
-    names = _peft_names(pipe, list(state_dict))
+    names = _peft_names(pipe, components, list(state_dict))
     for key, tensor in state_dict.items():
         component, module_name, part = names.get(key, ("", "", ""))
         module = modules.get(component, {}).get(module_name)
@@ -158,8 +163,28 @@ def plan_lora(pipe, lora: LoraFile) -> LoraPlan:
         plan.modules.add(f"{component}.{module_name}")
         if part == "lora_B" and tensor.ndim >= 2:
             plan.rank = max(plan.rank, int(tensor.shape[1]))
+    plan.unmatched.extend(_dropped_by_converter(lora, state_dict))
     _refuse_misfits(lora, plan, misfits)
+    if plan.unmatched and not allow_partial:
+        raise LoraFileError(f"has {len(plan.unmatched)} keys that match no layer of this model "
+                            f"({', '.join(plan.unmatched[:3])}{', …' if len(plan.unmatched) > 3 else ''}); "
+                            f"its other {len(plan.modules)} layers would preview a different LoRA than the file "
+                            "holds", where=str(lora.path),
+                            fix="Load it with the base model it was made for, or load the matching layers anyway "
+                                "with allow_partial=True (CLI: --allow-partial).")
     return plan
+
+
+def _dropped_by_converter(lora: LoraFile, converted: dict) -> list[str]:
+    """Keys diffusers' converter left out without saying so (it filters `dora_scale`, and drops sd-scripts
+    block names from a file that mixes them with diffusers names): each key but `.alpha` yields one tensor."""
+    weights = [k for k in lora.tensors if not k.endswith(".alpha")]
+    missing = len(weights) - len(converted)
+    if missing <= 0:
+        return []
+    dora = [k for k in weights if "dora_scale" in k]
+    named = dora[:missing]
+    return named + [f"<{missing - len(named)} more keys diffusers' converter dropped>"] * (missing > len(named))
 
 
 def _refuse_misfits(lora: LoraFile, plan: LoraPlan, misfits: list[str]) -> None:
@@ -176,7 +201,7 @@ def _refuse_misfits(lora: LoraFile, plan: LoraPlan, misfits: list[str]) -> None:
                             f"it was made for another model family{hint}", where=str(lora.path), fix=fix)
 
 
-def _peft_names(pipe, keys: list[str]) -> dict[str, tuple[str, str, str]]:
+def _peft_names(pipe, components: list[str], keys: list[str]) -> dict[str, tuple[str, str, str]]:
     """`unet.a.b.to_q.lora.down.weight` -> (`unet`, `a.b.to_q`, `lora_A`), by diffusers' own converters.
 
     The converters only rename keys, so each key goes in with its index as the value and is found again by it.
@@ -188,16 +213,16 @@ def _peft_names(pipe, keys: list[str]) -> dict[str, tuple[str, str, str]]:
     )
 
     names: dict[str, tuple[str, str, str]] = {}
-    for component in COMPONENTS:
+    for component in components:
         prefix = f"{component}."
         part = {k.removeprefix(prefix): i for i, k in enumerate(keys) if k.startswith(prefix)}
         if not part:
             continue
-        if component == "unet":
+        if component == components[0]:  # the denoiser
             converted = part if any("lora_A" in k for k in part) else convert_unet_state_dict_to_peft(part)
         else:
             converted = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
-            if not hasattr(pipe.text_encoder, "text_model"):
+            if not hasattr(getattr(pipe, component), "text_model"):  # transformers >= 5.6 flattened CLIP
                 converted = {k.removeprefix("text_model."): i for k, i in converted.items()}
         for peft_key, index in converted.items():
             module, layer_part = peft_key, ""

@@ -1,7 +1,8 @@
 """AdapterPool: one base pipeline, many named LoRAs; strengths and mixes change without reloading anything.
 
     pool = AdapterPool("tiny")
-    pool.load("ink", "output/ink.safetensors")           # LoadReport: format, rank, unmatched keys
+    pool.load("ink", "output/ink.safetensors")           # LoadReport: format, rank, layers
+    pool.load("odd", "odd.safetensors", allow_partial=True)   # load what fits; report.unmatched lists the rest
     pool.load("film", "film.peft.safetensors")
     images = pool.generate("a lighthouse", seed=7, strengths={"ink": 0.7, "film": 0.3})
     image = pool.grid(["a lighthouse", "a cat"], strengths=[0, 0.5, 1.0], loras=["ink"])
@@ -9,6 +10,9 @@
 Without compile, each LoRA is its own peft adapter and a strength change or a switch is `set_adapters`. With
 `compile=True` the UNet is compiled once and LoRAs of compatible shape take turns in one hot-swap slot
 (see slot.py); a LoRA that cannot be hot-swapped loads as its own adapter and its report says why.
+Every key of a file must land on a layer of one of the model family's components (the UNet and its text
+encoders): a file with keys that match nothing is refused, naming how many and which, unless the caller
+passes allow_partial=True, and then the report lists them.
 The pool is shared by the web UI's request threads, so every public method holds one lock.
 """
 
@@ -28,6 +32,7 @@ from trainer.errors import LoraFileError, ModelError, StudioError
 from trainer.generate.lorafile import LoraPlan, plan_lora, read_lora_file
 from trainer.generate.render import render
 from trainer.generate.slot import SLOT, HotswapSlot
+from trainer.models.families import family_for_pipeline
 
 
 @dataclass
@@ -39,10 +44,10 @@ class LoadReport:
     format: str
     rank: int
     layers: int
-    """UNet and text-encoder layers the LoRA wraps."""
+    """Layers the LoRA wraps, over all the family's components (UNet and text encoders)."""
     nbytes: int
     unmatched: list[str] = field(default_factory=list)
-    """Keys of the file that match no layer of the base model: left out and listed here (A1111 is silent)."""
+    """Keys of the file that match no layer of the base model (only with allow_partial): left out, listed here."""
     hotswap: bool = False
     """True when the LoRA takes turns in the compiled pipeline's hot-swap slot."""
     note: str = ""
@@ -58,6 +63,7 @@ class AdapterPool:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or (torch.float16 if self.device.startswith("cuda") else torch.float32)
         self.pipe = load_pipeline(base_model, self.device, self.dtype)
+        self.family = family_for_pipeline(self.pipe)
         self.compile = compile
         self.compile_backend = compile_backend
         self.max_loaded = max_loaded
@@ -81,14 +87,17 @@ class AdapterPool:
         with self._lock:
             return self._entry(name)
 
-    def load(self, name: str, path: str | Path) -> LoadReport:
-        """Load a LoRA file as `name` (replacing one of that name); a bad file leaves the pool as it was."""
+    def load(self, name: str, path: str | Path, allow_partial: bool = False) -> LoadReport:
+        """Load a LoRA file as `name` (replacing one of that name); a bad file leaves the pool as it was.
+
+        A file with keys that match no layer is refused (LoraFileError with the count and names) unless
+        `allow_partial`, which loads the layers that match and lists the rest in `report.unmatched`."""
         if not name or name == SLOT or not all(ch.isalnum() or ch in "-_" for ch in name):
             raise StudioError(f"LoRA name {name!r} must be letters, digits, '-' or '_' (peft adapter names "
                               "cannot hold dots)", fix="Pick another name.")
         with self._lock:
             lora = read_lora_file(path)
-            plan = plan_lora(self.pipe, lora)
+            plan = plan_lora(self.pipe, lora, allow_partial=allow_partial)
             report = LoadReport(name=name, path=str(path), format=lora.format, rank=plan.rank,
                                 layers=len(plan.modules), nbytes=lora.nbytes, unmatched=list(plan.unmatched))
             if self.max_bytes is not None and report.nbytes > self.max_bytes:
@@ -193,11 +202,12 @@ class AdapterPool:
         if unet_part:
             pipe.load_lora_into_unet(unet_part, network_alphas=alphas, unet=pipe.unet,
                                      adapter_name=adapter, metadata=metadata, _pipeline=pipe, hotswap=hotswap)
-        te_part = plan.component("text_encoder")
-        if te_part:
-            pipe.load_lora_into_text_encoder(te_part, network_alphas=alphas,
-                                             text_encoder=pipe.text_encoder, adapter_name=adapter,
-                                             metadata=metadata, _pipeline=pipe)
+        for component in self.family.text_encoder_names:  # text_encoder, and text_encoder_2 on SDXL
+            te_part = plan.component(component)
+            if te_part:
+                pipe.load_lora_into_text_encoder(te_part, network_alphas=alphas, prefix=component,
+                                                 text_encoder=getattr(pipe, component), adapter_name=adapter,
+                                                 metadata=metadata, _pipeline=pipe)
 
     def _delete_adapter(self, adapter: str) -> None:
         present = {a for names in self.pipe.get_list_adapters().values() for a in names}
@@ -265,9 +275,9 @@ class AdapterPool:
         self._active = tuple(names)
 
     def _layers(self, name: str) -> list[torch.nn.Module]:
-        """The LoRA layers of adapter `name` in the UNet and text encoder (found once, then cached)."""
+        """The LoRA layers of adapter `name` in the family's components (found once, then cached)."""
         if name not in self._layer_cache:
-            components = [c for c in (self.pipe.unet, self.pipe.text_encoder) if c is not None]
+            components = [c for c in (getattr(self.pipe, n, None) for n in self.family.components) if c is not None]
             self._layer_cache[name] = [m for c in components for m in c.modules()
                                        if isinstance(getattr(m, "scaling", None), dict) and name in m.scaling]
         return self._layer_cache[name]

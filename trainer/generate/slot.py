@@ -103,13 +103,17 @@ class HotswapSlot:
                 module.scaling[SLOT] = weight * base
 
     def activate(self, weight: float) -> None:
-        """Make the slot the only active UNet adapter, text-encoder LoRAs off, at `weight`."""
+        """Make the slot the only active UNet adapter, every text encoder's LoRAs off, at `weight`."""
         from diffusers.loaders.lora_base import disable_lora_for_text_encoder
+
+        from trainer.models.families import family_for_pipeline
 
         self.pipe.unet.enable_lora()
         self.pipe.unet.set_adapter(SLOT)
-        if getattr(self.pipe.text_encoder, "peft_config", None):
-            disable_lora_for_text_encoder(self.pipe.text_encoder)
+        for name in family_for_pipeline(self.pipe).text_encoder_names:
+            encoder = getattr(self.pipe, name, None)
+            if getattr(encoder, "peft_config", None):
+                disable_lora_for_text_encoder(encoder)
         self.set_strength(weight)
 
     def release(self, name: str) -> None:

@@ -5,6 +5,7 @@
     pred = unet(noisy, t, **family.unet_kwargs(text, sizes)).sample
     family.kohya_unet_key("down_blocks.1.attentions.0.proj_in", unet.config)   # names in exported files
     family.version_for("v_prediction")                         # ss_base_model_version
+    family.components                                          # ("unet", "text_encoder"[, "text_encoder_2"])
 
 The loop, the export and the pool ask the family; none of them test `if sdxl:` themselves.
 """
@@ -43,6 +44,11 @@ class Family:
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
     kohya_text_prefixes: tuple[str, ...] = ("lora_te",)
     is_v2 = False
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The pipeline attributes a LoRA can wrap, UNet first: what the pool loads and the export writes."""
+        return ("unet", *self.text_encoder_names)
 
     def tokenize(self, tokenizer, captions: list[str]) -> torch.Tensor:
         return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
