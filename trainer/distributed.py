@@ -198,5 +198,5 @@ def write_rank_report(accelerator, state_dict: dict[str, torch.Tensor], losses: 
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
     report = {"rank": accelerator.process_index, "world": accelerator.num_processes,
-              "lora_hash": lora_tensor_hash(state_dict), "losses": losses}
+              "lora_hash": lora_tensor_hash(state_dict), "losses": losses, "num_threads": torch.get_num_threads()}
     (Path(folder) / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report), encoding="utf-8")
