@@ -59,7 +59,7 @@ class ExampleSet:
         buckets = assign_buckets(items, resolution, enabled=data.bucketing)
         size_of = {id(item): size for size, members in buckets.items() for item in members}
         # One image's pixels at a time (opened, encoded, dropped): 1,000 images at 1024 px would be 12 GB of
-        # float32 pixels held at once; their latent distributions are 1/48 of that.
+        # float32 pixels held at once; their latent distributions (mean and std) are 1/24 of that.
         self.examples = [self._encode_latents(self._load(item, size_of[id(item)])) for item in items]
         self.index = [i for i, ex in enumerate(self.examples) for _ in range(ex.item.repeats)]
         self.text_cache: dict[str, dict[str, torch.Tensor]] | None = None
