@@ -76,6 +76,46 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     assert worst < 1e-5, f"2-process LoRA differs from the 1-process one by {worst}"
 
 
+def _te_settings(example_dataset, out, base_model, **train):
+    settings = _settings(example_dataset, out, steps=2, save_every=0, log_with="none", **train)
+    settings["model"] = {"base_model": base_model}
+    settings["network"] = {"train_text_encoder": True, "rank": 4, "alpha": 4.0}
+    # The default learning rate: Adam turns float noise in near-zero gradients into steps of about the learning
+    # rate, so 1 process and 2 (which sum the batch in another order) agree to about 1e-6 here, 1e-4 at 1e-2.
+    settings["optim"] = {"text_encoder_lr": 1e-4}
+    return settings
+
+
+@pytest.mark.parametrize("base_model", ["tiny", "tiny-sdxl"])
+def test_text_encoder_lora_on_two_processes_trains_one_lora_like_one_process(example_dataset, tmp_path, one_thread,
+                                                                            base_model):
+    """The text encoders go through their DDP wrappers too: their gradients are all-reduced, so both ranks
+    hold one LoRA, the one 1 process at the same global batch trains (SDXL: two encoders, one of them with
+    LoRA layers that get no gradient)."""
+    from trainer.loop import train
+
+    config_path = save_config(config_from_dict(_te_settings(example_dataset, tmp_path / "two", base_model)),
+                              tmp_path / "run.toml")
+    env = {**os.environ, "PYTHONPATH": ROOT, distributed.RANK_REPORT_ENV: str(tmp_path / "ranks")}
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--config", str(config_path),
+                           "--num-processes", "2"], env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    reports = [json.loads((tmp_path / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0]["lora_hash"] == reports[1]["lora_hash"], "ranks hold different LoRA weights"
+
+    single = train(config_from_dict(_te_settings(example_dataset, tmp_path / "one", base_model, batch_size=2)))
+    assert single.losses == pytest.approx(reports[0]["losses"], rel=1e-4, abs=1e-6)
+    two = load_file(str(tmp_path / "two" / "lora.peft.safetensors"))
+    one = load_file(str(tmp_path / "one" / "lora.peft.safetensors"))
+    assert two.keys() == one.keys()
+    encoders = ("text_encoder", "text_encoder_2") if base_model == "tiny-sdxl" else ("text_encoder",)
+    for encoder in encoders:
+        trained = [v for k, v in two.items() if k.startswith(f"{encoder}.") and "lora_B" in k]
+        assert trained and any(v.abs().max() > 0 for v in trained), f"the {encoder} LoRA did not train"
+    worst = max((two[k] - one[k]).abs().max().item() for k in two)
+    assert worst < 1e-5, f"2-process LoRA differs from the 1-process one by {worst}"
+
+
 def test_only_rank_zero_writes_files_and_events(two_process_run):
     root, proc = two_process_run
     out = root / "out"

@@ -142,6 +142,10 @@ class TrainingConfig:
     log_with: str = "auto"
     """Where loss, learning rate and samples are logged: `auto` (TensorBoard when installed), `tensorboard`,
     `wandb` (opt-in) or `none`. TensorBoard files go to `<run folder>/logs/<name>/`."""
+    num_threads: int = 1
+    """CPU threads per process (torch's intra-op threads), pinned by the CLI and the job runner so a resumed run
+    computes like the first. 1 (the default) is the same on every machine and is what each process of a
+    multi-GPU run gets anyway; a GPU step does little CPU work. Raise it to train on a CPU; 0 uses every core."""
 
 
 @dataclass
@@ -239,6 +243,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.train.num_processes >= 1, f"train.num_processes must be >= 1, got {c.train.num_processes}")
     need(all(part.strip().isdigit() for part in c.train.gpus.split(",")) if c.train.gpus.strip() else True,
          f"train.gpus must be GPU ids separated by commas (like \"0,1\"), got {c.train.gpus!r}")
+    need(c.train.num_threads >= 0, f"train.num_threads must be >= 0 (0: every core), got {c.train.num_threads}")
     need(c.train.log_with in ("auto", "tensorboard", "wandb", "none"),
          f"train.log_with must be auto, tensorboard, wandb or none, got {c.train.log_with!r}")
     need(c.sample.every_n_steps >= 0, f"sample.every_n_steps must be >= 0, got {c.sample.every_n_steps}")

@@ -45,11 +45,21 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def accelerator_kwargs() -> dict:
-    """Extra `Accelerator` arguments: CPU-only worlds need `cpu=True`, or accelerate would not join them (gloo)."""
+def accelerator_kwargs(find_unused_parameters: bool = False) -> dict:
+    """Extra `Accelerator` arguments: CPU-only worlds need `cpu=True`, or accelerate would not join them (gloo).
+
+    `find_unused_parameters` tells DDP that some trained parameters get no gradient in a step: SDXL conditions
+    on the first text encoder's penultimate layer, so the LoRA of its last layer never does (diffusers'
+    train_dreambooth_lora_sdxl.py sets it for the same reason).
+    """
+    kwargs: dict = {}
     if env_world_size() > 1 and not torch.cuda.is_available():
-        return {"cpu": True}
-    return {}
+        kwargs["cpu"] = True
+    if find_unused_parameters and env_world_size() > 1:
+        from accelerate import DistributedDataParallelKwargs
+
+        kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    return kwargs
 
 
 def check_world(accelerator) -> None:
@@ -188,5 +198,5 @@ def write_rank_report(accelerator, state_dict: dict[str, torch.Tensor], losses: 
         return
     Path(folder).mkdir(parents=True, exist_ok=True)
     report = {"rank": accelerator.process_index, "world": accelerator.num_processes,
-              "lora_hash": lora_tensor_hash(state_dict), "losses": losses}
+              "lora_hash": lora_tensor_hash(state_dict), "losses": losses, "num_threads": torch.get_num_threads()}
     (Path(folder) / f"rank-{accelerator.process_index}.json").write_text(json.dumps(report), encoding="utf-8")

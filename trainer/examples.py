@@ -25,6 +25,10 @@ from trainer.data import DatasetItem, add_trigger, assign_buckets, build_caption
 from trainer.data.cache import file_sha256, latent_key, module_identity, open_cache, text_key
 from trainer.models.families import ImageSizes
 
+TEXT_BATCH = 32
+"""Captions per text-encoder batch when caching: one pass per caption is slow, all at once is a GPU-sized
+batch of 1,000 on a large dataset."""
+
 
 @dataclass
 class Example:
@@ -54,10 +58,11 @@ class ExampleSet:
         self.dtype = dtype
         buckets = assign_buckets(items, resolution, enabled=data.bucketing)
         size_of = {id(item): size for size, members in buckets.items() for item in members}
-        self.examples = [self._load(item, size_of[id(item)]) for item in items]
+        # One image's pixels at a time (opened, encoded, dropped): 1,000 images at 1024 px would be 12 GB of
+        # float32 pixels held at once; their latent distributions (mean and std) are 1/24 of that.
+        self.examples = [self._encode_latents(self._load(item, size_of[id(item)])) for item in items]
         self.index = [i for i, ex in enumerate(self.examples) for _ in range(ex.item.repeats)]
         self.text_cache: dict[str, dict[str, torch.Tensor]] | None = None
-        self._encode_latents()
         if cache_text:
             self.text_cache = self._encode_captions(sorted({ex.caption for ex in self.examples}))
 
@@ -115,24 +120,31 @@ class ExampleSet:
         caption = add_trigger(item.caption, self.data.trigger_word)
         return Example(item, caption, size, (image.height, image.width), crop, pixels=pixels)
 
+    @functools.cached_property
+    def _latent_cache(self):
+        """The on-disk latent cache and the VAE's identity in its keys (None, "" without `data.cache_dir`)."""
+        if not self.data.cache_dir:
+            return None, ""
+        return open_cache(self.data.cache_dir, "latents"), module_identity(self.base.pipe.vae)
+
     @torch.no_grad()
-    def _encode_latents(self) -> None:
+    def _encode_latents(self, example: Example) -> Example:
+        """Fill in the example's latent distributions (and its mirror's) and let go of its pixels."""
         vae = self.base.pipe.vae
-        cache = open_cache(self.data.cache_dir, "latents") if self.data.cache_dir else None
-        vae_id = module_identity(vae) if cache is not None else ""
-        for example in self.examples:
-            digest = file_sha256(example.item.image_path) if cache is not None else ""
-            for flip in (False, True) if self.data.flip else (False,):
-                pixels = example.pixels.flip(-1) if flip else example.pixels
-                encode = functools.partial(self._encode_pixels, vae, pixels)
-                key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id)
-                stats = cache.get_or_build(key, encode)[0] if cache is not None else encode()
-                mean, std = stats["mean"].to(self.device), stats["std"].to(self.device)
-                if flip:
-                    example.flipped_mean, example.flipped_std = mean, std
-                else:
-                    example.latent_mean, example.latent_std = mean, std
-            example.pixels = None
+        cache, vae_id = self._latent_cache
+        digest = file_sha256(example.item.image_path) if cache is not None else ""
+        for flip in (False, True) if self.data.flip else (False,):
+            pixels = example.pixels.flip(-1) if flip else example.pixels
+            encode = functools.partial(self._encode_pixels, vae, pixels)
+            key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id)
+            stats = cache.get_or_build(key, encode)[0] if cache is not None else encode()
+            mean, std = stats["mean"].to(self.device), stats["std"].to(self.device)
+            if flip:
+                example.flipped_mean, example.flipped_std = mean, std
+            else:
+                example.latent_mean, example.latent_std = mean, std
+        example.pixels = None
+        return example
 
     def _encode_pixels(self, vae, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         dist = vae.encode(pixels.unsqueeze(0).to(self.device, vae.dtype)).latent_dist
@@ -142,20 +154,26 @@ class ExampleSet:
     def _encode_captions(self, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
         pipe, family = self.base.pipe, self.base.family
         if not self.data.cache_dir:
-            encoded = family.encode_text(pipe, captions)
-            return {c: {k: v[i:i + 1] for k, v in encoded.items()} for i, c in enumerate(captions)}
+            return self._encode_in_batches(captions)
         cache = open_cache(self.data.cache_dir, "text")
         encoder_id = module_identity(*(getattr(pipe, n) for n in family.text_encoder_names), pipe.tokenizer,
                                      getattr(pipe, "tokenizer_2", None))
         keys = {c: text_key(c, encoder_id) for c in captions}
         found = {c: cache.get(keys[c]) for c in captions}
         missing = [c for c in captions if found[c] is None]
-        if missing:
-            encoded = family.encode_text(pipe, missing)
-            for i, c in enumerate(missing):
-                found[c] = {k: v[i:i + 1] for k, v in encoded.items()}
-                cache.put(keys[c], found[c])
+        for c, encoded in self._encode_in_batches(missing).items():
+            found[c] = encoded
+            cache.put(keys[c], encoded)
         return {c: {k: v.to(self.device) for k, v in found[c].items()} for c in captions}
+
+    def _encode_in_batches(self, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """Each caption's text-encoder outputs (batch of one), encoded `TEXT_BATCH` captions at a time."""
+        out = {}
+        for start in range(0, len(captions), TEXT_BATCH):
+            chunk = captions[start:start + TEXT_BATCH]
+            encoded = self.base.family.encode_text(self.base.pipe, chunk)
+            out.update({c: {k: v[i:i + 1] for k, v in encoded.items()} for i, c in enumerate(chunk)})
+        return out
 
     def _caption_for_step(self, caption: str, rng: np.random.Generator) -> str:
         """Tag shuffle and caption dropout of `data` (the trigger word is already in `caption`)."""

@@ -36,7 +36,7 @@ from trainer.examples import ExampleSet, captions_are_static
 from trainer.export import export_lora
 from trainer.models import load_base
 from trainer.network import add_lora, trainable_parameters
-from trainer.precision import choose_mixed_precision, weight_dtype
+from trainer.precision import choose_mixed_precision, place_weights, weight_dtype
 from trainer.samples import render_samples
 from trainer.state_hooks import register_lora_state_hooks
 
@@ -66,7 +66,8 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
     GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=choose_mixed_precision(config.train.mixed_precision),
                               gradient_accumulation_steps=config.train.gradient_accumulation_steps,
-                              **dist.accelerator_kwargs(), **tracking.tracker_kwargs(config, workdir))
+                              **dist.accelerator_kwargs(find_unused_parameters=config.network.train_text_encoder),
+                              **tracking.tracker_kwargs(config, workdir))
     dist.check_world(accelerator)
     # The world size is what accelerate launched, whatever the file said: it is saved and checked on resume.
     config = dist.with_world_size(config, accelerator.num_processes)
@@ -97,42 +98,30 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         ckpt.check_resumable(resume_at, config)
     set_seed(cfg.seed)
 
-    # The frozen base model with trainable LoRA layers; frozen weights in the compute dtype.
+    # The frozen base model with trainable LoRA layers, in the family's component order (the UNet, then its
+    # text encoders): the order of the optimizer's groups, of the wrapped models and of the checkpoint files.
     base = load_base(config.model)
     resolution = config.data.resolution or base.default_resolution
     lora_configs = add_lora(base, config.network)
+    params = trainable_parameters(base, config.network)
+    place_weights(base, params, accelerator.device, accelerator.mixed_precision)
     frozen_dtype = weight_dtype(accelerator.mixed_precision)
     pipe = base.pipe
-    for name in ("unet", "vae", *base.family.text_encoder_names):
-        module = getattr(pipe, name).to(accelerator.device)
-        if frozen_dtype != torch.float32:
-            module.to(dtype=frozen_dtype)
-    params = trainable_parameters(base, config.network)
-    for group in params.values():
-        for p in group:
-            p.data = p.data.float()
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
 
     # Latents and (static) captions are encoded once, so each step runs only the UNet.
     cache_text = captions_are_static(config.data) and not config.network.train_text_encoder
     examples = ExampleSet(base, items, config.data, resolution, accelerator.device, frozen_dtype, cache_text)
-    text_fn = _trainable_text_fn(base) if config.network.train_text_encoder else None
+    # From here the VAE only decodes samples: in the compute dtype, which the pipelines upcast where needed.
+    pipe.vae.to(dtype=frozen_dtype)
 
-    # Optimizer and LR schedule; accelerate steps the schedule once per process, hence the factor.
-    groups = [{"params": params["unet"], "lr": config.optim.learning_rate}]
-    for name in params.keys() - {"unet"}:
-        groups.append({"params": params[name], "lr": config.optim.text_encoder_lr or config.optim.learning_rate})
-    # fused: one kernel for all LoRA tensors instead of a Python loop over them (CPU and CUDA alike).
-    optimizer = torch.optim.AdamW(groups, betas=(config.optim.beta1, config.optim.beta2), fused=True,
-                                  weight_decay=config.optim.weight_decay, eps=config.optim.eps)
-    lr_scheduler = get_scheduler(config.optim.lr_scheduler, optimizer,
-                                 num_warmup_steps=config.optim.warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.steps * accelerator.num_processes)
-    trained = [pipe.unet] + [getattr(pipe, n) for n in params.keys() - {"unet"}]
+    # Optimizer, LR schedule, and every trained model wrapped by accelerate (DDP all-reduces their gradients).
+    optimizer, lr_scheduler = _optimizer(params, config, accelerator.num_processes)
     register_lora_state_hooks(accelerator, base, lora_configs)
-    prepared = accelerator.prepare(*trained, optimizer, lr_scheduler)
-    unet, optimizer, lr_scheduler = prepared[0], prepared[-2], prepared[-1]
+    models, optimizer, lr_scheduler = prepare_models(accelerator, base, params, optimizer, lr_scheduler)
+    unet = models["unet"]
+    text_fn = trainable_text_fn(base, models) if config.network.train_text_encoder else None
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # Resume: the newest complete checkpoint restores weights, optimizer, schedule, RNG and data position.
@@ -157,7 +146,6 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     losses: list[float] = []
     window: list[float] = []
     started, start_step, stopped = time.perf_counter(), step, False
-    unet.train()
     while step < cfg.steps:
         # One global batch per micro-step, shared out over the ranks; noise is keyed by place in the global
         # batch, so N processes × batch B train exactly like 1 process × batch N·B.
@@ -166,7 +154,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         positions = range(rank, len(global_ids), world)
         generators = dist.sample_generators(cfg.seed, micro_step, positions)
         rng = np.random.default_rng([cfg.seed, micro_step, rank])
-        with accelerator.accumulate(unet):
+        with accelerator.accumulate(*models.values()):
             latents, text, sizes = examples.batch([global_ids[p] for p in positions], rng, text_fn, generators)
             loss = training_step(unet, noise_scheduler, base, latents, text, sizes, config, generators)
             accelerator.backward(loss)
@@ -268,22 +256,51 @@ def _batches_at(examples, micro_step, cfg, world, cache) -> tuple[int, list[list
     return epoch, cache["batches"]
 
 
-def _trainable_text_fn(base):
-    return lambda captions: base.family.encode_text_trainable(base.pipe, captions)
+def _optimizer(params, config: TrainConfig, world: int):
+    """AdamW over the LoRA groups in `params`' order; accelerate steps the schedule once per process, hence
+    the factor `world`."""
+    optim = config.optim
+    groups = [{"params": group, "lr": optim.learning_rate if name == "unet"
+               else optim.text_encoder_lr or optim.learning_rate} for name, group in params.items()]
+    # fused: one kernel for all LoRA tensors instead of a Python loop over them (CPU and CUDA alike).
+    optimizer = torch.optim.AdamW(groups, betas=(optim.beta1, optim.beta2), fused=True,
+                                  weight_decay=optim.weight_decay, eps=optim.eps)
+    lr_scheduler = get_scheduler(optim.lr_scheduler, optimizer, num_warmup_steps=optim.warmup_steps * world,
+                                 num_training_steps=config.train.steps * world)
+    return optimizer, lr_scheduler
+
+
+def prepare_models(accelerator, base, params, optimizer, lr_scheduler):
+    """The trained components (`params`' keys) as accelerate wraps them, in train mode (so `network.dropout`
+    applies to text encoders too), with the prepared optimizer and schedule."""
+    names = list(params)
+    prepared = accelerator.prepare(*(getattr(base.pipe, n) for n in names), optimizer, lr_scheduler)
+    models = dict(zip(names, prepared[:len(names)], strict=True))
+    for model in models.values():
+        model.train()
+    return models, prepared[-2], prepared[-1]
+
+
+def trainable_text_fn(base, models):
+    """Captions to conditioning through the wrapped text encoders: their forward is what DDP synchronises."""
+    encoders = [models[name] for name in base.family.text_encoder_names]
+    return lambda captions: base.family.encode_text_trainable(base.pipe, captions, encoders)
 
 
 def _samples(accelerator, base, config, examples, workdir, step, resolution, emit) -> None:
     if not accelerator.is_main_process:
         return
     prompts = config.sample.prompts or [examples.examples[0].caption]
-    unet = base.pipe.unet
-    was_training = unet.training
-    unet.eval()
+    modules = [getattr(base.pipe, name) for name in ("unet", *base.family.text_encoder_names)]
+    was_training = [m.training for m in modules]
+    for module in modules:
+        module.eval()
     paths = render_samples(base.pipe, prompts, Path(workdir) / "samples" / f"step-{step}",
                            negative_prompt=config.sample.negative_prompt, seed=config.sample.seed,
                            steps=config.sample.steps, guidance=config.sample.guidance,
                            width=resolution, height=resolution)
-    unet.train(was_training)
+    for module, mode in zip(modules, was_training, strict=True):
+        module.train(mode)
     tracking.log_samples(accelerator, step, paths)
     emit(SampleSaved(step=step, paths=[str(p) for p in paths]))
 

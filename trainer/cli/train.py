@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     if (config.train.num_processes > 1 or args.gpus) and not distributed.in_launched_process():
         return _relaunch(config, args, workdir)
     from trainer.loop import train
+    from trainer.precision import pin_threads
 
+    pin_threads(config.train.num_threads)  # from the config, not from whichever shell started this
     bar = ProgressPrinter()
     sinks = [bar] + ([EventFile(args.events)] if args.events else [])
 

@@ -60,6 +60,7 @@ class Runner:
         """Train, record the outcome, and return the process exit code."""
         from trainer.checkpoint import latest_checkpoint
         from trainer.loop import train
+        from trainer.precision import pin_threads
 
         me = os.getpid()
         if not self.store.update(self.job_id, pid=me, pid_start=process.start_time(me), only_if=("running",)):
@@ -71,9 +72,11 @@ class Runner:
         self.log.write({"kind": "runner", "pid": me, "resume_from": resume_from and str(resume_from)})
         print(f"job {self.job_id}: started (pid {me}), resume from {resume_from or 'scratch'}", flush=True)
         try:
-            if config.train.num_processes > 1 or config.train.gpus:
+            if config.train.num_processes > 1 or config.train.gpus:  # each rank pins its own threads (the CLI)
                 result = self.train_distributed(config, resume_from)
             else:
+                # From the config, not inherited from whichever process started (or resumed) this runner.
+                pin_threads(config.train.num_threads)
                 result = train(config, on_event=self.on_event, should_stop=self.should_stop,
                                resume_from=resume_from, workdir=self.files.dir)
         except Exception as err:  # every failure becomes a readable `failed` status

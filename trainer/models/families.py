@@ -44,6 +44,9 @@ class Family:
     text_encoder_names: tuple[str, ...] = ("text_encoder",)
     kohya_text_prefixes: tuple[str, ...] = ("lora_te",)
     is_v2 = False
+    vae_needs_fp32 = False
+    """The family's VAE overflows in float16: it encodes in float32 when training in fp16, unless its config
+    says it is fp16-safe (`force_upcast = false`, as in madebyollin/sdxl-vae-fp16-fix)."""
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -59,9 +62,18 @@ class Family:
         """Text-encoder outputs for each caption (batch first); the loop may cache them."""
         return self.encode_text_trainable(pipe, captions)
 
-    def encode_text_trainable(self, pipe, captions: list[str]) -> dict[str, torch.Tensor]:
+    def encode_text_trainable(self, pipe, captions: list[str], encoders=None) -> dict[str, torch.Tensor]:
+        """As `encode_text`, with gradients; `encoders` (in `text_encoder_names` order) replace the pipeline's
+        own, so a training loop can run them through their distributed wrappers (DDP all-reduces them)."""
+        (encoder,) = encoders or (pipe.text_encoder,)
         ids = self.tokenize(pipe.tokenizer, captions).to(pipe.text_encoder.device)
-        return {"encoder_hidden_states": pipe.text_encoder(ids)[0]}
+        return {"encoder_hidden_states": encoder(ids)[0]}
+
+    def vae_dtype(self, vae, compute_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the VAE encodes training images in (see `vae_needs_fp32`)."""
+        if compute_dtype == torch.float16 and self.vae_needs_fp32 and vae.config.get("force_upcast", True):
+            return torch.float32
+        return compute_dtype
 
     def unet_kwargs(self, text: dict[str, torch.Tensor], sizes: ImageSizes | None = None) -> dict:
         return {"encoder_hidden_states": text["encoder_hidden_states"]}
@@ -112,12 +124,15 @@ class SDXLFamily(Family):
     default_resolution = 1024
     text_encoder_names = ("text_encoder", "text_encoder_2")
     kohya_text_prefixes = ("lora_te1", "lora_te2")
+    vae_needs_fp32 = True  # diffusers' SDXL pipelines and training scripts upcast it for the same reason
 
-    def encode_text_trainable(self, pipe, captions: list[str]) -> dict[str, torch.Tensor]:
+    def encode_text_trainable(self, pipe, captions: list[str], encoders=None) -> dict[str, torch.Tensor]:
         states = []
         pooled = None
-        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
-            out = encoder(self.tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True)
+        device = pipe.text_encoder.device
+        for tokenizer, encoder in zip((pipe.tokenizer, pipe.tokenizer_2),
+                                      encoders or (pipe.text_encoder, pipe.text_encoder_2), strict=True):
+            out = encoder(self.tokenize(tokenizer, captions).to(device), output_hidden_states=True)
             states.append(out.hidden_states[-2])
             pooled = out[0]  # the second encoder's projected end-of-text embedding
         return {"encoder_hidden_states": torch.cat(states, dim=-1), "text_embeds": pooled}
