@@ -191,3 +191,8 @@ def test_the_resolution_is_read_from_the_model_not_guessed_from_its_name(tmp_pat
     report = doctor(data, config, tokenizer=None)
     assert report.summary["resolution"] == 512 and "resolution-guessed" in by_code(report)
     assert "data.resolution" in next(f.message for f in report.findings if f.code == "resolution-guessed")
+
+    (tmp_path / "model.ckpt").write_bytes(b"not read")  # a pickle's keys would need every weight loaded
+    config.model.base_model, config.model.allow_pickle = str(tmp_path / "model.ckpt"), True
+    note = next(f.message for f in doctor(data, config, tokenizer=None).findings if f.code == "resolution-guessed")
+    assert "pickle" in note and "data.resolution" in note

@@ -44,8 +44,20 @@ def native_resolution(model: ModelConfig) -> tuple[int, str | None]:
 
 def _single_file(path: Path, model: ModelConfig) -> tuple[int, str | None]:
     from trainer.models.families import FAMILIES
-    from trainer.models.single_file import _CONV_IN, _REAL_WIDTH, ASSETS, detect_family, read_shapes
+    from trainer.models.single_file import (
+        _CONV_IN,
+        _REAL_WIDTH,
+        ASSETS,
+        PICKLE_SUFFIXES,
+        detect_family,
+        read_shapes,
+    )
 
+    if path.suffix.lower() in PICKLE_SUFFIXES:  # its key names are only known after loading every weight
+        if model.base_config:
+            return _from_configs(model.base_config), None
+        return GUESS, (f"is a pickle checkpoint, whose family is only known once all its weights load; assumed "
+                       f"{GUESS} px: set data.resolution (--resolution) or use a .safetensors file")
     shapes = read_shapes(path, model.allow_pickle)
     family = detect_family(shapes, where=str(path))
     if model.base_config:
