@@ -41,6 +41,9 @@ class Studio:
     """Largest single uploaded file, in MB (gradio answers 413 above it)."""
     max_upload_files: int = MAX_UPLOAD_FILES
     """Most files in one upload."""
+    gpu: str | None = "auto"
+    """Device previews use while no job trains: `auto` (`cuda` when PyTorch sees a GPU), a device such as
+    `cuda:1`, or None for the CPU only."""
     lora_stamps: dict[str, int] = field(default_factory=dict)
     """Modification time of each LoRA file as the pool loaded it (a changed file is loaded again)."""
     _supervisor: Any = None
@@ -86,17 +89,21 @@ class Studio:
         jobs = self.supervisor.list() if jobs is None else jobs
         return any(job["status"] == "running" for job in jobs)
 
-    def _preview_device(self, training: bool) -> str:
-        """CPU while a job trains (the GPU is the job's); otherwise the GPU when there is one."""
-        import torch
+    def preview_device(self, jobs: list[dict] | None = None) -> str:
+        """CPU while a job of this home runs (the GPU is the job's); otherwise the GPU when there is one."""
+        if self.training_running(jobs):
+            return "cpu"
+        if self.gpu == "auto":
+            import torch
 
-        return "cuda" if torch.cuda.is_available() and not training else "cpu"
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.gpu or "cpu"
 
     @contextlib.contextmanager
     def preview(self) -> Iterator[Any]:
         """The adapter pool, on the device the GPU-sharing rule allows, held by one caller at a time."""
         with self._lock:
-            device = self._preview_device(self.training_running())
+            device = self.preview_device()
             if self._pool is None or device != self._pool_device:
                 self._release_locked()
                 from trainer.generate import AdapterPool

@@ -1,12 +1,16 @@
-"""Aspect-ratio buckets and the seeded, resumable batch order."""
+"""Aspect-ratio buckets, and the loop's own seeded, resumable batch order (`ExampleSet.epoch_batches`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from data_files import write_image
+
+from trainer.config import TrainConfig
 from trainer.data.buckets import (
-    BucketBatchSampler,
     assign_buckets,
+    batches_per_epoch,
     bucket_histogram,
     make_buckets,
     nearest_bucket,
@@ -47,23 +51,59 @@ def test_assign_buckets_and_histogram():
     assert list(square) == [(256, 256)] and len(square[(256, 256)]) == 5
 
 
-def test_batches_come_from_one_bucket_in_a_seeded_resumable_order():
-    sizes = [(800, 800), (1200, 600), (600, 1200)] * 4
-    items, size_of = items_with_sizes(sizes)
-    buckets = assign_buckets(items, 512, size_of=size_of)
-    sampler = BucketBatchSampler(buckets, batch_size=2, seed=42)
-    epoch0 = sampler.epoch(0)
-    assert len(epoch0) == len(sampler) == 7, "13 samples (one image repeated twice) in 3 buckets of 5, 4, 4"
-    for bucket, batch in epoch0:
-        assert all(item in buckets[bucket] for item in batch)
-    seen = [item.caption for _, batch in epoch0 for item in batch]
-    assert sorted(seen) == sorted(["c0"] + [i.caption for i in items])
-    again = BucketBatchSampler(buckets, batch_size=2, seed=42)
-    assert again.epoch(0) == epoch0 and again.epoch(1) == sampler.epoch(1)
-    assert sampler.epoch(1) != epoch0 and BucketBatchSampler(buckets, 2, seed=7).epoch(0) != epoch0
-    stream = sampler.batches_from(0, 0)
-    straight = [next(stream) for _ in range(10)]
-    resumed = sampler.batches_from(*straight[5][:2])
-    assert [next(resumed) for _ in range(5)] == straight[5:], "resuming at (epoch, index) continues"
-    assert straight[7][0] == 1 and straight[7][1] == 0
-    assert len(BucketBatchSampler(buckets, 2, 42, drop_last=True)) == 6
+@pytest.fixture(scope="module")
+def example_set(tmp_path_factory):
+    """A real ExampleSet (the loop's own) of 10 images in 3 buckets at 128 px, one image repeated 3 times."""
+    import torch
+
+    from trainer.config import DataConfig
+    from trainer.data import scan_dataset
+    from trainer.examples import ExampleSet
+    from trainer.models import load_base
+
+    root = tmp_path_factory.mktemp("order")
+    sizes = [(128, 128)] * 5 + [(192, 64)] * 3 + [(64, 192)] * 2
+    for n, (width, height) in enumerate(sizes):
+        write_image(root / ("3_again" if n == 0 else "1_once") / f"{n}.png", width, height, seed=n, caption=f"c{n}")
+    data = DataConfig(path=str(root))
+    items = scan_dataset(data)
+    examples = ExampleSet(load_base(TrainConfig().model), items, data, 128, torch.device("cpu"), torch.float32, False)
+    return examples, assign_buckets(items, 128)
+
+
+def test_the_loops_batches_come_from_one_bucket_in_a_seeded_order(example_set):
+    examples, buckets = example_set
+    assert len(examples) == 12, "10 images, one of them 3 times"
+    epoch0 = examples.epoch_batches(0, 2, seed=42)
+    for batch in epoch0:
+        assert 1 <= len(batch) <= 2 and len({examples.examples[i].size for i in batch}) == 1, batch
+    assert sorted(i for b in epoch0 for i in b) == sorted(examples.index), "every sample once per epoch"
+    assert len(epoch0) == batches_per_epoch(buckets, 2) == 4 + 2 + 1, "7, 3 and 2 samples in batches of 2"
+    assert examples.epoch_batches(0, 2, seed=42) == epoch0
+    assert examples.epoch_batches(1, 2, seed=42) != epoch0 and examples.epoch_batches(0, 2, seed=7) != epoch0
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_the_loops_order_resumes_and_the_doctor_counts_its_steps(example_set, world, tmp_path):
+    from trainer.config import TrainingConfig
+    from trainer.data import doctor
+    from trainer.loop import _batches_at
+
+    examples, buckets = example_set
+    cfg = TrainingConfig(batch_size=2, seed=42, num_processes=world)
+    cache: dict = {}
+    straight = [_batches_at(examples, m, cfg, world, cache) for m in range(30)]
+    per_epoch = cache["per_epoch"]
+    assert per_epoch == batches_per_epoch(buckets, 2, world)
+    assert [epoch for epoch, _ in straight[:per_epoch + 1]] == [0] * per_epoch + [1]
+    for m in (per_epoch - 1, per_epoch, 2 * per_epoch + 1):  # a resumed run starts with an empty cache
+        epoch, batches = _batches_at(examples, m, cfg, world, {})
+        assert (epoch, batches[m % len(batches)]) == (straight[m][0], straight[m][1][m % per_epoch])
+    for _, batches in straight:
+        assert all(world <= len(b) <= 2 * world for b in batches), "each process gets at least one example"
+
+    config = TrainConfig()
+    config.train = TrainingConfig(batch_size=2, num_processes=world, gradient_accumulation_steps=2, steps=30)
+    summary = doctor(examples.examples[0].item.image_path.parents[1], config, tokenizer=None).summary
+    assert summary["num_processes"] == world and summary["steps_per_epoch"] == -(-per_epoch // 2)
+    assert summary["epochs"] == round(30 * 2 / per_epoch, 2)

@@ -30,7 +30,7 @@ def encode(vae, path):
 
 
 def keys_for(paths, vae_id):
-    return [latent_key(file_sha256(p), (64, 64), (0, 0), False, vae_id) for p in paths]
+    return [latent_key(file_sha256(p), (64, 64), (0, 0), False, vae_id, "#ffffff") for p in paths]
 
 
 def test_editing_one_image_invalidates_exactly_its_entry(tmp_path, vae):
@@ -51,13 +51,17 @@ def test_editing_one_image_invalidates_exactly_its_entry(tmp_path, vae):
     assert torch.equal(results[1][0]["mean"], encode(vae, paths[1])[0]["mean"])
 
 
-def test_key_covers_bucket_crop_flip_and_the_vae(vae):
-    base = latent_key("abc", (64, 64), (0, 0), False, module_identity(vae))
-    variants = {base, latent_key("abc", (64, 128), (0, 0), False, "v"),
-                latent_key("abc", (64, 64), (8, 0), False, "v"),
-                latent_key("abc", (64, 64), (0, 0), True, "v"),
-                latent_key("abd", (64, 64), (0, 0), False, "v")}
-    assert len(variants) == 5
+def test_key_covers_bucket_crop_flip_background_and_the_vae(vae):
+    base = latent_key("abc", (64, 64), (0, 0), False, module_identity(vae), "white")
+    variants = {base, latent_key("abc", (64, 128), (0, 0), False, "v", "white"),
+                latent_key("abc", (64, 64), (8, 0), False, "v", "white"),
+                latent_key("abc", (64, 64), (0, 0), True, "v", "white"),
+                latent_key("abd", (64, 64), (0, 0), False, "v", "white"),
+                latent_key("abc", (64, 64), (0, 0), False, "v", "black"),
+                latent_key("abc", (64, 64), (0, 0), False, "v", "white")}
+    assert len(variants) == 7
+    assert latent_key("abc", (64, 64), (0, 0), False, "v", "white") == latent_key(
+        "abc", (64, 64), (0, 0), False, "v", "#FFFFFF"), "the same colour spelled two ways shares entries"
     other = type(vae).from_config(vae.config)
     assert module_identity(other) != module_identity(vae), "different weights, different identity"
     assert text_key("a cat", "clip-1") != text_key("a cat, red", "clip-1") != text_key("a cat", "clip-2")

@@ -143,3 +143,56 @@ def test_doctor_command_exit_codes_and_json(hostile, capsys):
     assert main(["doctor", str(hostile), "--skip-bad-images", "--json", "--no-bucketing"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] and len(data["skipped"]) == 3 and data["summary"]["buckets"] == {"128x128": 9}
+    assert data["summary"]["steps_per_epoch"] == 21 and data["summary"]["num_processes"] == 1
+    assert main(["doctor", str(hostile), "--skip-bad-images", "--no-bucketing", "--gpus", "0,1"]) == 0
+    text = capsys.readouterr().out
+    # 21 samples, 2 a step: 10 steps; the last one alone cannot give both processes one, so it sits that epoch out
+    assert "steps per epoch at batch size 1 on 2 processes (2 x the batch per step): 10 " in text, text
+
+
+def _header_only_checkpoint(path: Path, family: str) -> Path:
+    """A real-width (320-channel) single file with just the keys that tell its family: the doctor reads
+    only the safetensors header, as a single-file load does before it picks its configs."""
+    import torch
+    from safetensors.torch import save_file
+
+    markers = {"sd15": "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight",
+               "sdxl": "conditioner.embedders.1.model.positional_embedding"}
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3, dtype=torch.float16),
+               markers[family]: torch.zeros(1)}, str(path))
+    return path
+
+
+def test_the_resolution_is_read_from_the_model_not_guessed_from_its_name(tmp_path):
+    from families_helpers import write_single_file
+
+    from trainer.config import ModelConfig
+    from trainer.models import load_base
+    from trainer.models.tiny import save_tiny_model
+
+    data = tmp_path / "ds"
+    write_image(data / "a.png", 64, 64, caption="a")
+    sd15 = _header_only_checkpoint(tmp_path / "realisticVisionV20.safetensors", "sd15")  # "v2" in the name
+    sdxl = _header_only_checkpoint(tmp_path / "illustrious.safetensors", "sdxl")  # no "xl" in the name
+    tiny_file = write_single_file("sdxl", tmp_path / "sdxl-v2-768.safetensors")
+    folder = save_tiny_model("sd2", tmp_path / "my-sd2-768")
+    expected = {str(sd15): 512, str(sdxl): 1024, str(tiny_file): 128, str(folder): 128}
+    for model, size in expected.items():
+        config = TrainConfig()
+        config.model.base_model = model
+        report = doctor(data, config, tokenizer=None)
+        assert report.summary["resolution"] == size, model
+        assert "resolution-guessed" not in by_code(report)
+    for model in (tiny_file, folder):  # exactly what the loop gets from the loaded model
+        assert load_base(ModelConfig(base_model=str(model))).default_resolution == expected[str(model)]
+
+    config = TrainConfig()
+    config.model.base_model = "nobody/not-in-the-cache-xl-v2"
+    report = doctor(data, config, tokenizer=None)
+    assert report.summary["resolution"] == 512 and "resolution-guessed" in by_code(report)
+    assert "data.resolution" in next(f.message for f in report.findings if f.code == "resolution-guessed")
+
+    (tmp_path / "model.ckpt").write_bytes(b"not read")  # a pickle's keys would need every weight loaded
+    config.model.base_model, config.model.allow_pickle = str(tmp_path / "model.ckpt"), True
+    note = next(f.message for f in doctor(data, config, tokenizer=None).findings if f.code == "resolution-guessed")
+    assert "pickle" in note and "data.resolution" in note

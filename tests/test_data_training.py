@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from data_files import truncated_png, write_image
+from safetensors.torch import load
 
 from trainer.config import DataConfig, TrainConfig
 from trainer.data import scan_dataset
+from trainer.data.cache import DiskCache, file_sha256, latent_key, module_identity
 from trainer.examples import ExampleSet
 
 
@@ -63,12 +65,48 @@ def test_buckets_flips_and_disk_caches_in_the_example_set(tmp_path, base):
     assert torch.equal(edited["wide.png"][0], again["wide.png"][0])
     assert not torch.equal(edited["tall.png"][0], again["tall.png"][0])
 
-    victim = sorted(latent_files)[0]
-    victim.write_bytes(victim.read_bytes()[:-7] + b"garbage")  # a damaged cache file is rebuilt, not trusted
+    # Damage a file this build reads (wide.png's unflipped latents), not one of the stale ones: it must be
+    # detected by its checksum and encoded again, never used.
+    wide = next(ex for ex in first.examples if ex.item.image_path.name == "wide.png")
+    key = latent_key(file_sha256(wide.item.image_path), wide.size, wide.crop_top_left, False,
+                     module_identity(base.pipe.vae), data.background)
+    victim = DiskCache(tmp_path / "cache" / "latents").path_for(key)
+    assert victim in latent_files
+    good = victim.read_bytes()
+    damaged = good[:-7] + b"garbage"
+    victim.write_bytes(damaged)
     repaired = latents_of(build())
-    assert victim.exists()
+    rebuilt = victim.read_bytes()
+    assert rebuilt != damaged, "the damaged file was detected and written again"
+    assert load(rebuilt).keys() == load(good).keys()
+    assert all(torch.equal(load(rebuilt)[k], load(good)[k]) for k in load(good)), "with the same latents"
     for name in repaired:
         assert torch.equal(repaired[name][0], edited[name][0]) and torch.equal(repaired[name][1], edited[name][1])
+
+
+def test_changing_the_background_encodes_transparent_images_again(tmp_path, base):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[16:48, 16:48] = (200, 30, 30, 255)  # an opaque red square on fully transparent pixels
+    Image.fromarray(rgba, "RGBA").save(root / "logo.png")
+    (root / "logo.txt").write_text("a red square", encoding="utf-8")
+
+    def latents(background, cache_dir):
+        data = DataConfig(path=str(root), cache_dir=str(cache_dir), background=background)
+        examples = ExampleSet(base, scan_dataset(data), data, 64, torch.device("cpu"), torch.float32, False)
+        return examples.examples[0].latent_mean
+
+    cache = tmp_path / "cache"
+    white = latents("#ffffff", cache)
+    assert len(cache_files(cache)) == 1
+    black = latents("black", cache)
+    assert len(cache_files(cache)) == 2, "a new background is a new entry"
+    assert not torch.equal(white, black)
+    assert torch.equal(black, latents("black", ""))
+    assert torch.equal(latents("#000", cache), black) and len(cache_files(cache)) == 2, "same colour: reused"
 
 
 def test_train_refuses_a_bad_dataset_and_writes_nothing_then_skips(tmp_path, capsys):

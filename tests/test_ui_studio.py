@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from app.studio import Studio
 
 
 def test_previews_stay_off_the_gpu_while_a_job_trains(tmp_path):
-    studio = Studio(tmp_path / "home")
-    assert studio._preview_device(training=True) == "cpu"
-    assert studio.yield_gpu([{"id": "a", "status": "running"}]) is False  # nothing on a GPU to give back
+    """The decision as `preview()` makes it: from the home's job store, with a runner that is really alive."""
+    from trainer.jobs import process
+
+    studio = Studio(tmp_path / "home", gpu="cuda:7")  # a GPU this machine need not have: it must not be used
+    assert studio.preview_device() == "cuda:7", "no job: previews get the GPU"
+    store = studio.supervisor.store
+    store.insert("job1", "mine", 10)
+    store.update("job1", status="running", pid=os.getpid(), pid_start=process.start_time(os.getpid()))
+    assert studio.preview_device() == "cpu"
+    with studio.preview() as pool:  # would fail to load on cuda:7 if the rule were not kept
+        assert pool.generate("a red square", seed=1, steps=1, width=64, height=64)[0].size == (64, 64)
+    assert studio.pool_device() == "cpu"
+    assert studio.yield_gpu() is False, "nothing on a GPU to give back"
+
+    store.update("job1", pid=_finished_pid())  # its runner died: the job no longer holds the GPU
+    assert studio.preview_device() == "cuda:7" and store.get("job1")["status"] == "interrupted"
+
+
+def _finished_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def test_an_idle_pool_is_released(tmp_path):

@@ -254,9 +254,25 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(bool(c.export.output_dir.strip()), "export.output_dir must name a folder")
     need(c.export.dtype in ("float16", "bfloat16", "float32"),
          f"export.dtype must be float16, bfloat16 or float32, got {c.export.dtype!r}")
+    problems += combination_problems(c)
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def combination_problems(c: TrainConfig) -> list[str]:
+    """Settings that are each valid but cannot work together; each message names both fields.
+
+    Checks that need the model (does `network.target_modules` name a layer?) run in `trainer.network.add_lora`,
+    after the model is read and before anything is on the GPU. Min-SNR with zero terminal SNR is not here:
+    the loop weights SNR-0 timesteps as diffusers' scripts do (see `trainer.loop.min_snr_weight`).
+    """
+    problems = []
+    if c.data.keep_tokens and not c.data.shuffle_tags:
+        problems.append(f"data.keep_tokens = {c.data.keep_tokens} only keeps tags in place while "
+                        "data.shuffle_tags shuffles the rest, and data.shuffle_tags is off: turn "
+                        "data.shuffle_tags on, or set data.keep_tokens = 0")
+    return problems
 
 
 def _is_colour(value: str) -> bool:

@@ -136,7 +136,7 @@ class ExampleSet:
         for flip in (False, True) if self.data.flip else (False,):
             pixels = example.pixels.flip(-1) if flip else example.pixels
             encode = functools.partial(self._encode_pixels, vae, pixels)
-            key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id)
+            key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id, self.data.background)
             stats = cache.get_or_build(key, encode)[0] if cache is not None else encode()
             mean, std = stats["mean"].to(self.device), stats["std"].to(self.device)
             if flip:

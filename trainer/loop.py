@@ -44,6 +44,24 @@ NAN_ADVICE = ("Lower optim.learning_rate (try half), keep optim.max_grad_norm at
               "train.mixed_precision = 'bf16' over 'fp16'. Resume from the last checkpoint after changing it.")
 
 
+def nan_advice(config: TrainConfig, mixed_precision: str, step: int) -> str:
+    """What to change after a NaN or infinite loss; the learning rate is blamed only when it can be the cause.
+
+    The loss of the first optimizer step is computed before any update, so a learning rate cannot have made it
+    NaN: then the cause is a setting (fp16 overflow, a huge noise offset) or the data, and the advice says so.
+    """
+    if step > 1:
+        return NAN_ADVICE
+    causes = []
+    if mixed_precision == "fp16":
+        causes.append("train.mixed_precision = 'fp16' overflows in some models: use 'bf16' (or 'no')")
+    if config.train.noise_offset > 0.2:
+        causes.append(f"train.noise_offset = {config.train.noise_offset} is large: try 0.05")
+    causes.append("check the images with `lora-studio doctor` and the base model with a plain preview")
+    return ("The loss was not finite before any weight update, so the learning rate is not the cause: "
+            + "; ".join(causes) + ".")
+
+
 @dataclass
 class Result:
     outputs: list[Path]
@@ -171,7 +189,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         step_loss = sum(window) / len(window)
         window.clear()
         if not math.isfinite(step_loss):
-            raise TrainingError(f"loss became {step_loss} at step {step}", fix=NAN_ADVICE)
+            raise TrainingError(f"loss became {step_loss} at step {step}",
+                                fix=nan_advice(config, accelerator.mixed_precision, step))
         losses.append(step_loss)
         rate = (step - start_step) / max(time.perf_counter() - started, 1e-9)
         lr = lr_scheduler.get_last_lr()[0]
@@ -218,12 +237,22 @@ def training_step(unet, noise_scheduler, base, latents, text, sizes, config: Tra
     prediction = unet(noisy.to(unet_dtype), timesteps, **kwargs).sample
     loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if config.train.min_snr_gamma:
-        snr = compute_snr(noise_scheduler, timesteps)
-        weight = torch.clamp(snr, max=config.train.min_snr_gamma) / snr
-        if base.prediction_type == "v_prediction":
-            weight = torch.clamp(snr, max=config.train.min_snr_gamma) / (snr + 1)
-        loss = loss * weight
+        loss = loss * min_snr_weight(compute_snr(noise_scheduler, timesteps), config.train.min_snr_gamma,
+                                     base.prediction_type)
     return loss.mean()
+
+
+def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v.
+
+    With zero terminal SNR (`model.zero_terminal_snr`) the last timestep has SNR 0, and 0/0 would make the
+    loss NaN; there the epsilon weight is 1, its limit as SNR -> 0, as diffusers' training scripts set it
+    (`mse_loss_weights[snr == 0] = 1.0`). The v-prediction weight is finite at SNR 0 as it is.
+    """
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return torch.where(snr == 0, torch.ones_like(snr), clipped / snr)
 
 
 def _draw_noise(latents, num_timesteps: int, generators):

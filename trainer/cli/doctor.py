@@ -16,6 +16,8 @@ FLAG_FIELDS = {
     "base_model": "model.base_model",
     "resolution": "data.resolution",
     "batch_size": "train.batch_size",
+    "num_processes": "train.num_processes",
+    "gpus": "train.gpus",
     "steps": "train.steps",
     "trigger_word": "data.trigger_word",
     "caption_extension": "data.caption_extension",
@@ -31,10 +33,14 @@ def register(subparsers) -> None:
                     "warnings and a summary. Exits with 1 when there are errors.")
     parser.add_argument("dataset", help="dataset folder")
     parser.add_argument("--config", help="TOML config whose [data], [model] and [train] settings apply")
-    parser.add_argument("--base-model", help="model whose tokenizer counts caption tokens (default: tiny)")
+    parser.add_argument("--base-model", help="model whose tokenizer counts caption tokens and whose configs give "
+                                             "the training resolution (default: tiny)")
     parser.add_argument("--resolution", type=int, help="training resolution (default: the model's own)")
     parser.add_argument("--batch-size", type=int, help="batch size for the steps-per-epoch figure")
     parser.add_argument("--steps", type=int, help="training steps, to show how many epochs they make")
+    parser.add_argument("--num-processes", type=int,
+                        help="processes (GPUs) the run trains on: each step takes this many batches")
+    parser.add_argument("--gpus", help='GPU ids the run trains on, like "0,1" (one process each)')
     parser.add_argument("--trigger-word")
     parser.add_argument("--caption-extension", help="caption file extension (default .txt)")
     parser.add_argument("--default-caption", help="caption for images without one")

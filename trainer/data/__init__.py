@@ -2,7 +2,7 @@
 
     items, report = check_dataset(config)            # the doctor; DatasetRefused on errors
     buckets = assign_buckets(items, resolution)      # {(w, h): [DatasetItem]}
-    sampler = BucketBatchSampler(buckets, config.train.batch_size, config.train.seed)
+    batches_per_epoch(buckets, config.train.batch_size, num_processes=2)   # the loop's micro-steps per epoch
 
 Modules: `scan` (layouts), `images` (safe opening, tensors), `doctor` (+ `report_text`, `similar`),
 `buckets`, `captions`, `cache` (content-keyed disk caches), `archive` (safe zip import).
@@ -10,8 +10,8 @@ Modules: `scan` (layouts), `images` (safe opening, tensors), `doctor` (+ `report
 
 from trainer.data.archive import ImportReport, import_archive
 from trainer.data.buckets import (
-    BucketBatchSampler,
     assign_buckets,
+    batches_per_epoch,
     bucket_histogram,
     make_buckets,
     nearest_bucket,
@@ -42,8 +42,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BucketBatchSampler", "DatasetItem", "DatasetRefused", "DiskCache", "Finding", "ImportReport",
-    "MemoryCache", "Report", "add_trigger", "assign_buckets", "bucket_histogram", "build_caption",
+    "DatasetItem", "DatasetRefused", "DiskCache", "Finding", "ImportReport",
+    "MemoryCache", "Report", "add_trigger", "assign_buckets", "batches_per_epoch", "bucket_histogram", "build_caption",
     "caption_mode",
     "captions_are_static", "check_dataset", "default_resolution", "doctor", "drop_caption", "file_sha256",
     "image_size", "import_archive", "latent_key", "make_buckets", "module_identity", "nearest_bucket",

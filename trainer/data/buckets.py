@@ -1,19 +1,17 @@
 """Aspect-ratio bucketing: group images into sizes of about resolution² pixels, batch within one size.
 
     buckets = assign_buckets(items, resolution=512)             # {(w, h): [items]}
-    sampler = BucketBatchSampler(buckets, batch_size=4, seed=42)
-    for epoch, index, batch in sampler.batches_from(epoch=0, index=0): ...
+    batches_per_epoch(buckets, batch_size=4, num_processes=2)   # micro-steps per epoch, as the loop runs them
 
 Bucket sides are multiples of `step` (64: the VAE downsamples 8x and the UNet 8x more), from half to
-twice the resolution. The order of batches is a pure function of (seed, epoch), so a run repeats bit
-for bit and a resumed run continues where it stopped.
+twice the resolution. The batch order itself is the loop's `ExampleSet.epoch_batches` (trainer/examples.py):
+a pure function of (seed, epoch), so a run repeats bit for bit and a resumed run continues where it stopped.
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trainer.data.images import image_size
@@ -63,49 +61,16 @@ def bucket_histogram(buckets: dict[Bucket, list]) -> dict[str, int]:
     return {f"{w}x{h}": len(members) for (w, h), members in buckets.items()}
 
 
-class BucketBatchSampler:
-    """Batches drawn from one bucket at a time, in an order fixed by (seed, epoch).
+def batches_per_epoch(buckets: dict[Bucket, list], batch_size: int, num_processes: int = 1) -> int:
+    """Micro-steps in one epoch of the loop's order (`ExampleSet.epoch_batches` and the loop's `_batches_at`).
 
-    Each item appears `item.repeats` times per epoch (kohya repeat folders). A bucket's last batch may
-    be smaller than `batch_size` unless `drop_last` is set.
+    Each item counts `item.repeats` times. Every micro-step takes one global batch of `batch_size` x
+    `num_processes` samples from one bucket; a bucket's last, smaller batch still trains when it gives every
+    process at least one sample, and is skipped otherwise (every process must run each step).
     """
-
-    def __init__(self, buckets: dict[Bucket, list], batch_size: int, seed: int, drop_last: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.buckets = dict(sorted(buckets.items()))
-        self.batch_size = batch_size
-        self.seed = seed
-        self.drop_last = drop_last
-
-    def __len__(self) -> int:
-        """Batches per epoch (the same for every epoch)."""
-        total = 0
-        for members in self.buckets.values():
-            samples = sum(getattr(item, "repeats", 1) for item in members)
-            total += samples // self.batch_size if self.drop_last else math.ceil(samples / self.batch_size)
-        return total
-
-    def epoch(self, epoch: int) -> list[tuple[Bucket, list]]:
-        """Every (bucket, batch) of `epoch`, in training order."""
-        rng = random.Random(f"lora-studio:{self.seed}:{epoch}")
-        batches: list[tuple[Bucket, list]] = []
-        for bucket, members in self.buckets.items():
-            pool = [item for item in members for _ in range(getattr(item, "repeats", 1))]
-            rng.shuffle(pool)
-            for start in range(0, len(pool), self.batch_size):
-                batch = pool[start:start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append((bucket, batch))
-        rng.shuffle(batches)
-        return batches
-
-    def batches_from(self, epoch: int = 0, index: int = 0) -> Iterator[tuple[int, int, tuple[Bucket, list]]]:
-        """(epoch, index in epoch, (bucket, batch)) forever, starting at a saved position."""
-        if len(self) == 0:
-            raise ValueError("no batches: every bucket is smaller than batch_size and drop_last is set")
-        while True:
-            batches = self.epoch(epoch)
-            for position in range(index, len(batches)):
-                yield epoch, position, batches[position]
-            epoch, index = epoch + 1, 0
+    per_step = batch_size * num_processes
+    total = 0
+    for members in buckets.values():
+        full, rest = divmod(sum(getattr(item, "repeats", 1) for item in members), per_step)
+        total += full + (rest >= num_processes)
+    return total

@@ -1,7 +1,8 @@
 """Content-keyed caches of latents and text embeddings, on disk under `data.cache_dir` or in memory.
 
     cache = open_cache(config.data.cache_dir, "latents")
-    key = latent_key(file_sha256(path), (512, 384), crop=(0, 32), flip=False, vae_id=module_identity(vae))
+    key = latent_key(file_sha256(path), (512, 384), crop=(0, 32), flip=False, vae_id=module_identity(vae),
+                     background="#ffffff")
     tensors, hit = cache.get_or_build(key, lambda: {"latents": vae_encode(pixels)})
 
 A key is a hash of everything the entry depends on, so editing one image or one caption changes that
@@ -38,11 +39,24 @@ def _key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+# Bump when the code that turns an image file into pixels changes (resizing filter, colour conversion,
+# EXIF handling, normalisation): every latent cached before then is then encoded again.
+PIXELS_VERSION = 1
+
+
 def latent_key(image_sha256: str, bucket: tuple[int, int], crop: tuple[int, int], flip: bool,
-               vae_id: str) -> str:
-    """The key of one image's latents: its bytes, bucket size, crop position, flip and the VAE."""
+               vae_id: str, background: str) -> str:
+    """The key of one image's latents: everything that changes the pixels the VAE sees, and the VAE.
+
+    The file's bytes (content, EXIF rotation), the bucket size it is resized to (from `data.resolution`
+    and `data.bucketing`), the crop position (`data.random_crop`), the flip, the colour under transparent
+    pixels (`data.background`, as RGB so '#fff' and 'white' share entries), the pixel code's version,
+    and the VAE's identity (class, config, weights and their dtype: `module_identity`).
+    """
+    from trainer.data.images import parse_colour
+
     return _key(kind="latents", image=image_sha256, bucket=list(bucket), crop=list(crop), flip=bool(flip),
-                vae=vae_id)
+                vae=vae_id, background=list(parse_colour(background)), pixels=PIXELS_VERSION)
 
 
 def text_key(caption: str, encoder_id: str) -> str:

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainer.data.buckets import BucketBatchSampler, assign_buckets, bucket_histogram
+from trainer.data.buckets import assign_buckets, batches_per_epoch, bucket_histogram
 from trainer.data.captions import add_trigger, caption_mode, has_trigger
 from trainer.data.images import read_image
 from trainer.data.scan import DatasetItem, ScanResult, scan_folder
@@ -102,7 +102,7 @@ def doctor(path: str | Path | None = None, config=None, tokenizer="auto",
     except DatasetError as err:
         report.add("error", "no-dataset", err.where or root, err.what, err.fix or "")
         return report
-    resolution = resolution or data.resolution or default_resolution(config.model.base_model)
+    resolution = resolution or data.resolution or _model_resolution(config.model, report)
     sizes = _check_images(found, report, data, resolution)
     _check_duplicates(report, sizes)
     if isinstance(tokenizer, str) and tokenizer == "auto":
@@ -126,23 +126,30 @@ def check_dataset(config, tokenizer="auto",
     return report.items, report
 
 
-def default_resolution(base_model: str) -> int:
-    """The training size when data.resolution is 0: the family's native one."""
-    try:
-        from trainer.models.tiny import TINY_NAMES, TINY_RESOLUTION
+def default_resolution(model) -> int:
+    """The training size when data.resolution is 0, as the loop will use it: read from the model's configs.
 
-        if base_model in TINY_NAMES:
-            return TINY_RESOLUTION[TINY_NAMES[base_model]]
-    except ImportError:
-        pass
-    name = base_model.lower()
-    if base_model.startswith("tiny"):
-        return 128
-    if "xl" in name:
-        return 1024
-    if "2-1" in name or "sd2" in name or "v2" in name:
-        return 768
-    return 512
+    `model` is a ModelConfig or a `model.base_model` string; see trainer/models/resolution.py.
+    """
+    from trainer.config import ModelConfig
+    from trainer.models.resolution import native_resolution
+
+    return native_resolution(ModelConfig(base_model=model) if isinstance(model, str) else model)[0]
+
+
+def _model_resolution(model, report: Report) -> int:
+    from trainer.models.resolution import native_resolution
+
+    size, note = native_resolution(model)
+    if note:
+        report.add("note", "resolution-guessed", model.base_model, note)
+    return size
+
+
+def processes(train) -> int:
+    """Processes the run trains on: one per id in `train.gpus`, else `train.num_processes`."""
+    ids = [g for g in train.gpus.split(",") if g.strip()]
+    return len(ids) or train.num_processes
 
 
 def _check_images(found: ScanResult, report: Report, data, resolution: int) -> dict[Path, tuple]:
@@ -252,15 +259,17 @@ def _summarise(report: Report, config, resolution: int, sizes: dict[Path, tuple[
     for item in report.items:
         entry = concepts.setdefault(item.concept, {"images": 0, "repeats": item.repeats})
         entry["images"] += 1
-    batches = len(BucketBatchSampler(buckets, train.batch_size, seed=0)) if buckets else 0
+    world = processes(train)
+    batches = batches_per_epoch(buckets, train.batch_size, world)
     steps_per_epoch = math.ceil(batches / train.gradient_accumulation_steps)
     report.summary = {
         "images": len(report.items),
         "concepts": concepts,
         "samples_per_epoch": sum(i.repeats for i in report.items),
         "batch_size": train.batch_size,
+        "num_processes": world,
         "steps_per_epoch": steps_per_epoch,
-        "epochs": round(train.steps / steps_per_epoch, 2) if steps_per_epoch else 0,
+        "epochs": round(train.steps * train.gradient_accumulation_steps / batches, 2) if batches else 0,
         "resolution": resolution,
         "bucketing": data.bucketing,
         "buckets": bucket_histogram(buckets),

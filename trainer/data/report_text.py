@@ -43,6 +43,10 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
+def _on(processes: int) -> str:
+    return f" on {processes} processes ({processes} x the batch per step)" if processes > 1 else ""
+
+
 def _summary_lines(summary: dict) -> list[str]:
     if not summary:
         return []
@@ -54,7 +58,8 @@ def _summary_lines(summary: dict) -> list[str]:
         "Summary",
         f"  images: {summary['images']} ({concepts})",
         f"  samples per epoch (images x repeats): {summary['samples_per_epoch']}",
-        f"  steps per epoch at batch size {summary['batch_size']}: {summary['steps_per_epoch']}"
+        f"  steps per epoch at batch size {summary['batch_size']}{_on(summary.get('num_processes', 1))}:"
+        f" {summary['steps_per_epoch']}"
         f" ({summary['epochs']} epochs in the configured steps)",
         f"  buckets at {summary['resolution']} px{'' if summary['bucketing'] else ' (bucketing off)'}:"
         f" {buckets}",

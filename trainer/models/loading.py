@@ -17,6 +17,7 @@ from pathlib import Path
 from trainer.config import ModelConfig
 from trainer.errors import ModelError
 from trainer.models.families import FAMILIES, Family, family_for_pipeline
+from trainer.models.resolution import resolution_of
 from trainer.models.single_file import PICKLE_SUFFIXES, load_single_file, refuse_pickle
 from trainer.models.tiny import TINY_NAMES, TINY_RESOLUTION, build_tiny_pipeline
 
@@ -44,7 +45,7 @@ def load_base(model: ModelConfig, dtype=None) -> Base:
         pipe, resolution = build_tiny_pipeline(TINY_NAMES[name]), TINY_RESOLUTION[TINY_NAMES[name]]
     else:
         pipe = _load_pipeline(name, model, dtype)
-        resolution = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        resolution = resolution_of(pipe.unet.config, pipe.vae.config)
     family = family_for_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)
     prediction = model.prediction_type
