@@ -87,6 +87,8 @@ class Runner:
                               only_if=("running",))
             return 0
         library = [str(p) for p in publish(self.home, self.job_id, result.outputs, config, result.step)]
+        if library:  # the name it got: `cats-2` when another job's `cats` was already in the library
+            self.log.write({"kind": "published", "name": Path(library[-1]).stem, "files": library})
         self.store.update(self.job_id, status="done", step=result.step, loss=result.final_loss,
                           outputs=outputs, library=library, only_if=("running",))
         return 0

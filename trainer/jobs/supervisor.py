@@ -227,6 +227,7 @@ class Supervisor:
             "updated": job["updated"],
             "outputs": job["outputs"],
             "library": job["library"],
+            "library_name": Path(job["library"][-1]).stem if job["library"] else None,
             "error": job["error"],
             "advice": failed.get("advice") if job["status"] == "failed" else None,
             "stopping": running and files.stop_flag.exists(),
