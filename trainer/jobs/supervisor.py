@@ -139,6 +139,8 @@ class Supervisor:
 
     def reconcile(self) -> list[str]:
         """Mark `running` jobs whose runner is gone (or whose pid now names another process) `interrupted`."""
+        for job_id in [j for j, child in self._children.items() if child.poll() is not None]:
+            del self._children[job_id]  # exited (and reaped): nothing left to hold on to
         return [job["id"] for job in self.store.all() if self._check(job)]
 
     def _check(self, job: dict[str, Any]) -> bool:
@@ -258,6 +260,7 @@ class Supervisor:
                                           "advice": "Check that the home folder is writable and resume."})
             return
         self._children[job_id] = child
+        process.adopt(child)  # reaped when it exits, even if this supervisor never looks at the job again
         self.store.update(job_id, pid=child.pid, pid_start=process.start_time(child.pid),
                           only_if=("running",))
 
