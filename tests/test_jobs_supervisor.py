@@ -55,6 +55,7 @@ def test_submit_queues_behind_a_running_job_and_pins_paths(sup, tmp_path, monkey
         monkeypatch.chdir(tmp_path)
         config = TrainConfig()
         config.data.path = "my-dataset"
+        (tmp_path / "my-dataset").mkdir()
         job_id = sup.submit(config, request_key="click")
         assert sup.submit(config, request_key="click") == job_id  # a double click makes one job
         job = sup.show(job_id)

@@ -23,7 +23,7 @@ from typing import Any
 
 import trainer
 from trainer.config import TrainConfig, save_config, validate
-from trainer.errors import JobError
+from trainer.errors import DatasetError, JobError
 from trainer.fileio import atomic_write_bytes
 from trainer.jobs import process
 from trainer.jobs.events import EventLog, heartbeat_age, last_event, read_events, tail_events
@@ -70,6 +70,7 @@ class Supervisor:
             if existing is not None:
                 return existing
         validate(config)
+        check_dataset_exists(config)
         job_id = secrets.token_hex(4)
         files = self.files(job_id)
         files.dir.mkdir(parents=True)
@@ -269,6 +270,16 @@ class Supervisor:
         child = self._children.get(job_id)
         if child is not None and child.poll() is not None:
             del self._children[job_id]
+
+
+def check_dataset_exists(config: TrainConfig) -> None:
+    """Refuse a job whose dataset folder is not there now: it would only fail once its turn came."""
+    folder = Path(config.data.path).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(f"{what} (data.path)", where=str(folder.resolve()),
+                           fix="Import the dataset first (the Datasets tab or `lora-studio import-dataset`), "
+                               "or point data.path at its folder.")
 
 
 def pin_paths(config: TrainConfig, files: JobFiles) -> TrainConfig:
