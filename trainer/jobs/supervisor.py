@@ -24,11 +24,11 @@ from typing import Any
 import trainer
 from trainer.config import TrainConfig, save_config, validate
 from trainer.errors import DatasetError, JobError
-from trainer.fileio import atomic_write_bytes
+from trainer.fileio import atomic_write_bytes, disk_error
 from trainer.jobs import process
 from trainer.jobs.events import EventLog, heartbeat_age, last_event, read_events, tail_events
 from trainer.jobs.paths import Home, JobFiles, default_home
-from trainer.jobs.store import JobStore
+from trainer.jobs.store import DiskFullError, JobStore
 
 # A claimed job whose runner never recorded a pid after this long lost its supervisor mid-spawn.
 SPAWN_GRACE_S = 60.0
@@ -44,8 +44,9 @@ class Supervisor:
         self.store = JobStore(self.home.db)
         self._max_concurrent = max_concurrent
         self._children: dict[str, subprocess.Popen] = {}
-        self.reconcile()
-        self.pump()
+        self.upkeep_error: str | None = None
+        """Why the last reconcile/pump could not write (a full disk), or None."""
+        self._upkeep()
 
     @property
     def max_concurrent(self) -> int:
@@ -164,14 +165,13 @@ class Supervisor:
 
     def list(self) -> list[dict[str, Any]]:
         """Every job, oldest first, after reconciling and starting what can start."""
-        self.reconcile()
-        self.pump()
+        self._upkeep()
         return [self._describe(job) for job in self.store.all()]
 
     def show(self, job_id: str) -> dict[str, Any]:
         """One job (see the keys in `_describe`), its own liveness checked first."""
         job = self.store.get(job_id)
-        if self._check(job):
+        if self._upkeep(lambda: self._check(job)):
             job = self.store.get(job_id)
         return self._describe(job)
 
@@ -206,6 +206,19 @@ class Supervisor:
         return JobFiles(self.home.job_dir(job_id))
 
     # -- internals --------------------------------------------------------------------------------
+
+    def _upkeep(self, work: Any = None) -> Any:
+        """Reconcile and start queued jobs (or run `work`); on a full disk skip the writes and say why in
+        `upkeep_error`: reading the jobs must keep working while the user frees space."""
+        try:
+            result = work() if work else (self.reconcile(), self.pump())
+        except (DiskFullError, OSError) as err:
+            if isinstance(err, OSError) and disk_error(err, self.home.root) is err:
+                raise
+            self.upkeep_error = str(err)
+            return None
+        self.upkeep_error = None
+        return result
 
     def _describe(self, job: dict[str, Any]) -> dict[str, Any]:
         files = self.files(job["id"])
