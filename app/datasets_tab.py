@@ -8,9 +8,7 @@ sanitised name. The trigger word is kept per dataset in `<name>/.studio.json` an
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +49,11 @@ def import_files(studio: Studio, name: str, files: list[str] | None) -> str:
 
 
 def _import_zip(studio: Studio, folder: Path, archive: Path) -> str:
-    """Extract through the safe importer into a scratch folder, then move into the dataset (new or not)."""
+    """The safe importer, merging into an existing dataset: a file already there refuses the archive by name."""
     from trainer.data import import_archive
 
-    scratch = Path(tempfile.mkdtemp(prefix="import-", dir=studio.home / ".gradio"))
-    try:
-        report = import_archive(archive, scratch, folder.name)
-        extracted = scratch / folder.name
-        if not folder.exists():
-            os.replace(extracted, folder)
-        else:  # adding to an existing dataset: files of the same name are replaced by the upload
-            for item in sorted(p for p in extracted.rglob("*") if p.is_file()):
-                dest = folder / item.relative_to(extracted)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(item, dest)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return f"{archive.name}: {_report_text(report).replace(str(extracted), folder.name)}"
+    report = import_archive(archive, folder.parent, folder.name, merge=True)
+    return f"{archive.name}: {_report_text(report).replace(str(folder), folder.name)}"
 
 
 def _report_text(report: Any) -> str:

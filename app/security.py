@@ -16,13 +16,14 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from trainer import names
 from trainer.errors import StudioError
 
 MAX_UPLOAD_MB = 200
 """Default largest single upload in MB (images, zips, LoRA files); gradio refuses bigger ones (HTTP 413)."""
 MAX_UPLOAD_FILES = 1000
 """Default most files accepted in one upload."""
-MAX_CAPTION_CHARS = 2000
+MAX_CAPTION_CHARS = names.MAX_CAPTION_CHARS
 """Longest caption saved from the caption editor."""
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 AUTH_HELP = (
@@ -30,7 +31,7 @@ AUTH_HELP = (
     "LORA_STUDIO_AUTH=USER:PASSWORD environment variable; or pass --insecure-no-auth if the network is "
     "trusted."
 )
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = names.NAME_PATTERN  # the one rule the CLI and the config checks use too
 
 
 class SecurityError(StudioError):

@@ -37,7 +37,7 @@ def test_unknown_key_is_an_error_with_a_suggestion(tmp_path):
     ({"train": {"batch_size": "two"}}, "train.batch_size must be a whole number, got 'two'"),
     ({"data": {"resolution": 100}}, "data.resolution must be 0 (the model's own) or a multiple of 8"),
     ({"optim": {"lr_scheduler": "cosin"}}, "optim.lr_scheduler must be constant, linear or cosine"),
-    ({"export": {"name": "../evil"}}, "export.name must be letters, digits"),
+    ({"export": {"name": "../evil"}}, "export.name '../evil' is not allowed: use 1-64 letters, digits"),
     ({"version": 99}, "version must be 1, got 99"),
 ])
 def test_bad_values_name_the_field(values, expected):

@@ -3,6 +3,7 @@ library writes the file: plain Python, safetensors (Rust) or torch.save (C++).""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -57,3 +58,98 @@ def test_every_writer_reports_a_full_disk_with_the_path(tmp_path):
         assert "the disk is full" in message and str(target) in message, (name, message)
         assert "Free space on the disk that holds" in message
     assert not [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")]  # no temp files left
+
+
+# A real job on a small tmpfs of its own (a private mount namespace, so no root is needed): the disk fills
+# up after the last checkpoint, so the export is the write that finds it full.
+FULL_AT_EXPORT = r"""
+import json, os, subprocess, sys, time
+from pathlib import Path
+from trainer.config import load_config
+from trainer.jobs import Supervisor
+from trainer.jobs.events import read_events
+
+mount, example = Path(sys.argv[1]), sys.argv[2]
+home = mount / "home"
+LEAVE = 128 * 1024  # room for a few progress events, not for the 265 kB LoRA files
+
+
+def fill(path, leave):
+    st = os.statvfs(mount)
+    free = st.f_bavail * st.f_frsize
+    with open(path, "ab", buffering=0) as handle:
+        if free > leave:
+            os.posix_fallocate(handle.fileno(), handle.seek(0, 2), free - leave)
+        if leave == 0:  # the last blocks, byte by byte until the disk says no
+            try:
+                while True:
+                    handle.write(b"x" * 512)
+            except OSError:
+                pass
+
+
+def cli(*args):
+    run = subprocess.run([sys.executable, "-m", "trainer.cli", "jobs", *args, "--home", str(home)],
+                         capture_output=True, text=True, timeout=120)
+    return {"rc": run.returncode, "out": run.stdout, "err": run.stderr}
+
+
+config = load_config(None, {"data.path": example, "data.resolution": 64, "network.rank": 4, "train.steps": 12,
+                            "train.save_every": 3, "export.name": "full", "export.dtype": "float32",
+                            "sample.every_n_steps": 0, "train.log_with": "none"})
+sup = Supervisor(home)
+job = sup.submit(config)
+events = Path(sup.show(job)["dir"]) / "events.jsonl"
+deadline = time.monotonic() + 250
+while not any(e.get("kind") == "checkpoint" and e.get("step") == 9 for e in read_events(events)):
+    assert time.monotonic() < deadline, "no checkpoint at step 9"
+    time.sleep(0.02)
+fill(mount / "ballast", LEAVE)
+while sup.store.get(job)["status"] in ("queued", "running"):
+    assert time.monotonic() < deadline, "the job did not end"
+    time.sleep(0.1)
+fill(mount / "ballast", 0)
+result = {"store": sup.store.get(job), "events": read_events(events),
+          "checkpoints": sorted(p.name for p in (events.parent / "checkpoints").iterdir()),
+          "list": cli("list", "--json"), "show": cli("show", job, "--json"), "list_text": cli("list")}
+try:
+    (mount / "probe").write_bytes(b"x" * 4096)
+    result["still_room"] = True
+except OSError:
+    result["still_room"] = False
+(mount / "ballast").unlink()
+result["resume"] = cli("resume", job)
+result["after"] = sup.wait(job, timeout=250)
+print("RESULT " + json.dumps(result, default=str))
+"""
+
+
+@pytest.mark.timeout(600)
+def test_a_full_disk_at_export_fails_the_job_resumably_and_jobs_list_still_works(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_AT_EXPORT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    shell = 'mount -t tmpfs -o size=32m tmpfs "$1" && exec "$2" "$3" "$1" "$4"'
+    run = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", shell, "sh", str(mount),
+                          sys.executable, str(script), str(ROOT / "datasets" / "example")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=580)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    assert run.returncode == 0 and lines, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["still_room"] is False, "the disk was not full while jobs list ran"
+    store, failed = result["store"], [e for e in result["events"] if e["kind"] == "failed"]
+    assert store["status"] == "failed", store
+    assert "the disk is full" in store["error"] and "/output/full" in store["error"], store["error"]
+    assert failed and "the disk is full" in failed[-1]["error"] and "resume" in failed[-1]["advice"]
+    assert "step-9" in result["checkpoints"], result["checkpoints"]
+    assert result["list"]["rc"] == 0, result["list"]
+    listed = json.loads(result["list"]["out"])
+    assert [(j["status"], "the disk is full" in j["error"]) for j in listed] == [("failed", True)]
+    assert result["show"]["rc"] == 0 and json.loads(result["show"]["out"])["status"] == "failed"
+    assert result["list_text"]["rc"] == 0 and "failed" in result["list_text"]["out"]
+    assert "Traceback" not in result["list"]["err"] + result["show"]["err"]
+    assert result["resume"]["rc"] == 0, result["resume"]
+    after = result["after"]
+    assert after["status"] == "done" and after["step"] == 12 and after["library_name"] == "full", after

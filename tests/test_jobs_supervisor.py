@@ -55,6 +55,7 @@ def test_submit_queues_behind_a_running_job_and_pins_paths(sup, tmp_path, monkey
         monkeypatch.chdir(tmp_path)
         config = TrainConfig()
         config.data.path = "my-dataset"
+        (tmp_path / "my-dataset").mkdir()
         job_id = sup.submit(config, request_key="click")
         assert sup.submit(config, request_key="click") == job_id  # a double click makes one job
         job = sup.show(job_id)
@@ -170,7 +171,6 @@ def test_publish_keeps_names_apart_and_writes_a_sidecar(tmp_path):
     again = publish(home, "job1", files, config, step=20)  # the same job again replaces its own files
     assert again == first
     other = publish(home, "job2", files, config, step=20)
-    assert [p.name for p in other] == ["cats-job2.safetensors", "cats-job2.peft.safetensors",
-                                       "cats-job2.json"]
+    assert [p.name for p in other] == ["cats-2.safetensors", "cats-2.peft.safetensors", "cats-2.json"]
     sidecar = json.loads((home.loras / "cats.json").read_text())
     assert (sidecar["job"], sidecar["steps"], sidecar["config"]["export"]["name"]) == ("job1", 20, "cats")

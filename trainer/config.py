@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
     c = config
     need(c.version == CONFIG_VERSION, f"version must be {CONFIG_VERSION}, got {c.version}")
+    problems += check_numbers_are_finite(c) + check_seeds(c) + check_names(c)
     need(bool(c.model.base_model.strip()), "model.base_model must not be empty (try 'tiny')")
     need(c.model.prediction_type in ("auto", "epsilon", "v_prediction"),
          f"model.prediction_type must be auto, epsilon or v_prediction, got {c.model.prediction_type!r}")
@@ -248,9 +250,6 @@ def validate(config: TrainConfig) -> TrainConfig:
          f"train.log_with must be auto, tensorboard, wandb or none, got {c.train.log_with!r}")
     need(c.sample.every_n_steps >= 0, f"sample.every_n_steps must be >= 0, got {c.sample.every_n_steps}")
     need(1 <= c.sample.steps <= 200, f"sample.steps must be 1..200, got {c.sample.steps}")
-    need(bool(c.export.name.strip()) and all(ch.isalnum() or ch in "-_." for ch in c.export.name)
-         and not c.export.name.startswith("."),
-         f"export.name must be letters, digits, '-', '_' or '.', got {c.export.name!r}")
     need(bool(c.export.output_dir.strip()), "export.output_dir must name a folder")
     need(c.export.dtype in ("float16", "bfloat16", "float32"),
          f"export.dtype must be float16, bfloat16 or float32, got {c.export.dtype!r}")
@@ -273,6 +272,38 @@ def combination_problems(c: TrainConfig) -> list[str]:
                         "data.shuffle_tags shuffles the rest, and data.shuffle_tags is off: turn "
                         "data.shuffle_tags on, or set data.keep_tokens = 0")
     return problems
+
+
+MAX_SEED = 2**32 - 1
+"""Seeds are 0..2^32-1: what numpy, Python's random and every CUDA generator accept alike."""
+
+
+def check_numbers_are_finite(config: Any, prefix: str = "") -> list[str]:
+    """Every float in the tree must be a finite number: TOML's `nan` and `inf` pass every `> 0` check."""
+    problems = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            problems += check_numbers_are_finite(value, f"{prefix}{f.name}.")
+        elif any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list)
+                                                                         else [value])):
+            problems.append(f"{prefix}{f.name} must be a finite number, got {value}")
+    return problems
+
+
+def check_seeds(config: TrainConfig) -> list[str]:
+    """train.seed and sample.seed fit the 0..2^32-1 every random generator takes."""
+    return [f"{where} must be a whole number from 0 to {MAX_SEED:,} (2^32-1), got {value}"
+            for where, value in (("train.seed", config.train.seed), ("sample.seed", config.sample.seed))
+            if not 0 <= value <= MAX_SEED]
+
+
+def check_names(config: TrainConfig) -> list[str]:
+    """export.name becomes file names: the one rule of `trainer.names`, the same the web UI applies."""
+    from trainer.names import check_name
+
+    problem = check_name(config.export.name, "export.name")
+    return [problem] if problem else []
 
 
 def _is_colour(value: str) -> bool:

@@ -106,7 +106,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    jobs = supervisor(args).list()
+    sup = supervisor(args)
+    jobs = sup.list()
+    if sup.upkeep_error:  # a full disk: the list is read as it is, nothing could be updated
+        print(f"warning: {sup.upkeep_error}", file=sys.stderr)
     if args.json:
         print(json.dumps(jobs))
         return 0

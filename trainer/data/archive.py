@@ -4,14 +4,19 @@
     print(report.format())     # what was imported and what was skipped, and why
 
 The whole archive is refused if any entry could write outside the target (`..`, an absolute path, a
-drive letter) or is a symlink, or if the entry count or total uncompressed size is over its cap; all
-of that is checked from the zip's directory before one byte is written. Files that are neither images
-nor captions are skipped and listed. Extraction goes to a hidden temporary folder beside the target
-and is renamed into place only when complete, so a failure leaves nothing half written.
+drive letter) or is a symlink, if the entry count or total uncompressed size is over its cap, if it
+expands more than `MAX_RATIO` times its own size (a zip bomb), or if a caption is longer than
+`MAX_CAPTION_CHARS`; all of that is checked from the zip's directory before one byte is written, and
+the byte counts are enforced again while extracting (the directory's sizes are not trusted). A merge
+into an existing dataset never replaces a file and never writes through a symlinked sub-folder.
+Files that are neither images nor captions are skipped and listed. Extraction goes to a hidden
+temporary folder beside the target and is renamed into place only when complete, so a failure leaves
+nothing half written.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -25,11 +30,15 @@ from pathlib import Path, PurePosixPath
 from trainer.data.images import IMAGE_EXTENSIONS
 from trainer.errors import DatasetError
 from trainer.fileio import disk_error
+from trainer.names import MAX_CAPTION_BYTES, MAX_CAPTION_CHARS, NAME_RULE, is_name
 
 MAX_ENTRIES = 20_000
 MAX_TOTAL_BYTES = 4 * 1024**3
+MAX_RATIO = 100
+"""Most an archive may expand over its own size; images are already compressed, captions are small."""
+RATIO_FLOOR = 8 * 1024**2
+"""An archive may always unpack to this much, whatever its ratio (a few captions compress well)."""
 CAPTION_FILES = (".txt", ".caption")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 
 
@@ -59,9 +68,9 @@ def import_archive(zip_path: str | Path, dest_root: str | Path, name: str, max_e
     there is refused whole.
     """
     zip_path, dest_root = Path(zip_path), Path(dest_root)
-    if not _NAME.match(name):
+    if not is_name(name):
         raise DatasetError(f"is not a usable dataset name: {name!r}", where=str(zip_path),
-                           fix="Use up to 100 letters, digits, '.', '-' or '_', first a letter or digit.")
+                           fix=NAME_RULE[0].upper() + NAME_RULE[1:] + ".")
     target = dest_root / name
     if target.exists() and not merge and any(target.iterdir()):
         raise DatasetError("already exists", where=str(target),
@@ -72,12 +81,13 @@ def import_archive(zip_path: str | Path, dest_root: str | Path, name: str, max_e
         raise DatasetError(f"is not a readable zip archive ({err})", where=str(zip_path),
                            fix="Upload a .zip of the dataset folder.") from err
     with archive:
-        plan, report = _plan(archive, zip_path, max_entries, max_total_bytes)
+        ratio_bytes = max(MAX_RATIO * zip_path.stat().st_size, RATIO_FLOOR)
+        plan, report = _plan(archive, zip_path, max_entries, max_total_bytes, ratio_bytes)
         report.dataset_dir = target
         dest_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=dest_root))
         try:
-            _extract(archive, plan, staging, zip_path, max_total_bytes)
+            _extract(archive, plan, staging, zip_path, min(max_total_bytes, ratio_bytes))
             _place(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -87,23 +97,48 @@ def import_archive(zip_path: str | Path, dest_root: str | Path, name: str, max_e
 
 def _place(staging: Path, target: Path) -> None:
     """Rename the finished folder into place, or move its files into an existing one (never overwriting)."""
-    if not target.exists():
+    if not os.path.lexists(target):
         os.rename(staging, target)
         return
     files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
-    clashes = [str(rel) for rel in files if (target / rel).exists()]
+    root = target.resolve()
+    outside = [str(rel) for rel in files if not (target / rel).parent.resolve().is_relative_to(root)]
+    if outside:  # a sub-folder of the dataset is a symlink out of it: writing there would land elsewhere
+        raise DatasetError(f"has a sub-folder that links outside it, so {_few(outside)} would be written "
+                           "elsewhere", where=str(target),
+                           fix="Replace the linked sub-folder with a real folder, or rename it in the archive.")
+    clashes = [str(rel) for rel in files if os.path.lexists(target / rel)]
     if clashes:
-        shown = ", ".join(clashes[:5]) + (f" and {len(clashes) - 5} more" if len(clashes) > 5 else "")
-        raise DatasetError(f"already has {shown}", where=str(target),
+        raise DatasetError(f"already has {_few(clashes)}", where=str(target),
                            fix="Rename those files in the archive, or delete them from the dataset first.")
     for rel in files:
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging / rel, target / rel)
+        _move_new(staging / rel, target / rel)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int,
-          max_total_bytes: int) -> tuple[list[tuple[zipfile.ZipInfo, PurePosixPath]], ImportReport]:
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _move_new(source: Path, dest: Path) -> None:
+    """Move `source` to `dest` only if `dest` does not exist: a hard link fails rather than replace a file
+    that appeared since the check (a rename would silently overwrite it)."""
+    try:
+        os.link(source, dest, follow_symlinks=False)
+    except FileExistsError as err:
+        raise DatasetError("appeared while the archive was being added; it was kept", where=str(dest),
+                           fix="Add the archive again once nothing else writes to the dataset.") from err
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EMLINK):
+            raise
+        os.rename(source, dest)  # a filesystem without hard links: the check above is all there is
+        return
+    os.unlink(source)
+
+
+def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int, max_total_bytes: int,
+          ratio_bytes: int) -> tuple[list[tuple[zipfile.ZipInfo, PurePosixPath]], ImportReport]:
     """Check every entry from the directory alone; return the (entry, relative path) pairs to write."""
     entries = archive.infolist()
     if len(entries) > max_entries:
@@ -113,6 +148,11 @@ def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int,
     if total > max_total_bytes:
         raise DatasetError(f"would unpack to {total:,} bytes, more than the limit of {max_total_bytes:,}",
                            where=str(zip_path), fix="Upload a smaller dataset (or downscale the images).")
+    if total > ratio_bytes:
+        ratio = total / max(zip_path.stat().st_size, 1)
+        raise DatasetError(f"would unpack to {total:,} bytes, {ratio:,.0f} times its own size (more than "
+                           f"{MAX_RATIO}x: a zip bomb, or padding)", where=str(zip_path),
+                           fix="Zip the dataset's images and captions themselves.")
     report = ImportReport(dataset_dir=Path())
     plan: list[tuple[zipfile.ZipInfo, PurePosixPath]] = []
     seen: set[str] = set()
@@ -127,6 +167,8 @@ def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int,
         if suffix in IMAGE_EXTENSIONS:
             report.images.append(str(relative))
         elif suffix in CAPTION_FILES or relative.name == "metadata.jsonl":
+            if suffix in CAPTION_FILES and info.file_size > MAX_CAPTION_BYTES:
+                raise _long_caption(info.filename, info.file_size, zip_path)
             report.captions.append(str(relative))
         else:
             report.skipped.append((info.filename, "not a PNG, JPEG or WebP image or a caption file"))
@@ -140,6 +182,11 @@ def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int,
         raise DatasetError("contains no PNG, JPEG or WebP images", where=str(zip_path),
                            fix="Zip the folder that holds the images and their .txt captions.")
     return plan, report
+
+
+def _long_caption(name: str, size: int, zip_path: Path) -> DatasetError:
+    return DatasetError(f"has a caption {name!r} of {size:,} bytes; captions are at most {MAX_CAPTION_CHARS:,} "
+                        "characters", where=str(zip_path), fix="Shorten that caption (or remove it) and zip again.")
 
 
 def _safe_relative(info: zipfile.ZipInfo, zip_path: Path) -> PurePosixPath:
@@ -171,13 +218,17 @@ def _extract(archive: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, PurePos
     for info, relative in plan:
         out = staging.joinpath(*relative.parts)
         out.parent.mkdir(parents=True, exist_ok=True)
+        caption = relative.suffix.lower() in CAPTION_FILES
         try:
             with archive.open(info) as source, open(out, "wb") as sink:
+                this = 0
                 while block := source.read(1 << 20):
-                    written += len(block)
+                    written, this = written + len(block), this + len(block)
                     if written > max_total_bytes:
                         raise DatasetError(f"unpacks to more than the limit of {max_total_bytes:,} bytes",
                                            where=str(zip_path), fix="Upload a smaller dataset.")
+                    if caption and this > MAX_CAPTION_BYTES:
+                        raise _long_caption(info.filename, this, zip_path)
                     sink.write(block)
         except (zipfile.BadZipFile, zlib.error, EOFError) as err:
             raise DatasetError(f"is damaged at {info.filename!r} ({err})", where=str(zip_path),

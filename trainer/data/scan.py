@@ -22,10 +22,12 @@ from pathlib import Path
 
 from trainer.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS
 from trainer.errors import DatasetError
+from trainer.names import MAX_CAPTION_BYTES, MAX_CAPTION_CHARS
 
 METADATA_FILE = "metadata.jsonl"
 _REPEAT_FOLDER = re.compile(r"^(\d+)_(.+)$")
 _JSONL_FIX = 'Write one object a line: {"file_name": "01.png", "text": "..."}'
+_LONG_FIX = f"Shorten the caption to at most {MAX_CAPTION_CHARS:,} characters (CLIP reads only the first 77 tokens)."
 _LAYOUTS_HELP = (
     "Put PNG, JPEG or WebP images in it with a .txt caption beside each (01.png + 01.txt), "
     "or use kohya folders like 10_mystyle/, or a metadata.jsonl with file_name and text."
@@ -133,7 +135,7 @@ def _make_item(root: Path, path: Path, ext: str, metadata: dict[Path, str], defa
         item.caption_path = sidecar
         item.caption_source = "file"
         try:
-            item.caption = clean_caption(sidecar.read_text(encoding="utf-8-sig"))
+            item.caption = _read_caption(sidecar, default_caption, result)
         except (UnicodeDecodeError, OSError) as err:
             item.caption = default_caption
             result.problems.append(Problem(sidecar, f"cannot be read as UTF-8 text ({err})",
@@ -142,6 +144,20 @@ def _make_item(root: Path, path: Path, ext: str, metadata: dict[Path, str], defa
         item.caption = metadata[path.resolve()]
         item.caption_source = "metadata"
     return item
+
+
+def _read_caption(path: Path, default_caption: str, result: ScanResult) -> str:
+    """The caption in `path`; one over MAX_CAPTION_CHARS is a problem, and a file too big to be one is not read."""
+    size = path.stat().st_size
+    if size > MAX_CAPTION_BYTES:
+        result.problems.append(Problem(path, f"is {size:,} bytes, too long for a caption (at most "
+                                             f"{MAX_CAPTION_CHARS:,} characters)", _LONG_FIX))
+        return default_caption
+    text = clean_caption(path.read_text(encoding="utf-8-sig"))
+    if len(text) > MAX_CAPTION_CHARS:
+        result.problems.append(Problem(path, f"is {len(text):,} characters, more than the caption limit of "
+                                             f"{MAX_CAPTION_CHARS:,}", _LONG_FIX))
+    return text
 
 
 def _sidecar(image: Path, ext: str) -> Path | None:
@@ -188,8 +204,11 @@ def _read_metadata(root: Path, files: list[Path], result: ScanResult) -> dict[Pa
             if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
                 result.problems.append(Problem(where, "has no file_name string", _JSONL_FIX))
                 continue
-            text = row.get("text", row.get("caption", ""))
-            captions[(meta.parent / row["file_name"]).resolve()] = clean_caption(str(text or ""))
+            text = clean_caption(str(row.get("text", row.get("caption", "")) or ""))
+            if len(text) > MAX_CAPTION_CHARS:
+                result.problems.append(Problem(where, f"has a caption of {len(text):,} characters, more than the "
+                                                      f"limit of {MAX_CAPTION_CHARS:,}", _LONG_FIX))
+            captions[(meta.parent / row["file_name"]).resolve()] = text
     return captions
 
 

@@ -96,8 +96,8 @@ def _read_header(path: Path) -> dict:
         raise LoraFileError("does not exist", where=str(path), fix="Check the path.")
     size = path.stat().st_size
     with open(path, "rb") as handle:
-        head = handle.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = handle.read(9)
+        if _is_pickle(head, size):
             raise LoraFileError("is a PyTorch pickle (.ckpt/.pt), not safetensors; pickles can run code "
                                 "and are never loaded", where=str(path),
                                 fix="Convert it to .safetensors with a tool you trust, or get a safetensors "
@@ -105,11 +105,12 @@ def _read_header(path: Path) -> dict:
         if len(head) < 8:
             raise LoraFileError(f"is not a safetensors file (only {size} bytes)", where=str(path),
                                 fix=_REFETCH)
-        length = int.from_bytes(head, "little")
+        length = int.from_bytes(head[:8], "little")
         if length > size - 8 or length > MAX_HEADER_BYTES:
             raise LoraFileError(f"is not a complete safetensors file: its header claims {length} bytes but "
                                 f"the file holds only {size - 8} after the length field (truncated or not "
                                 "safetensors)", where=str(path), fix=_REFETCH)
+        handle.seek(8)
         raw = handle.read(length)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -126,6 +127,19 @@ def _read_header(path: Path) -> dict:
         raise LoraFileError(f"is truncated: its header describes {max(ends)} bytes of tensors but only "
                             f"{data_size} are there", where=str(path), fix=_REFETCH)
     return header
+
+
+def _is_pickle(head: bytes, size: int) -> bool:
+    """True for a torch zip archive or a raw pickle; never for a safetensors file.
+
+    A safetensors file is an 8-byte little-endian header length and then the JSON header, which starts
+    with `{`: that byte decides. The length's own first byte may be anything (0x80 for 1 in 256 lengths),
+    so a pickle is recognised by what it is: a zip's local-file signature, or the PROTO opcode with a
+    protocol 2-5 — and only when byte 8 is not the start of a plausible safetensors header.
+    """
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return False
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
 
 
 def plan_lora(pipe, lora: LoraFile, allow_partial: bool = False) -> LoraPlan:

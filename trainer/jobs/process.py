@@ -3,12 +3,18 @@
 A pid alone is not an identity: after a reboot or a long uptime the number is reused by an unrelated
 process. So a job records the pid *and* the process start time (field 22 of `/proc/<pid>/stat`, in
 clock ticks since boot), and a process counts as the job's runner only when both match.
+
+A runner this process started is its child: when it exits it stays a zombie until someone waits for
+it. `adopt` gives each child a daemon thread that waits for it, so a server that started runners
+never collects zombies, whether or not anything looks at the job again.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import threading
 from pathlib import Path
 
 _PROC = Path("/proc")
@@ -28,6 +34,13 @@ def start_time(pid: int) -> int | None:
     if state in ("Z", "X"):
         return None
     return int(ticks)
+
+
+def adopt(child: subprocess.Popen) -> threading.Thread:
+    """Reap `child` as soon as it exits (a thread blocked in its wait), so it never lingers as a zombie."""
+    waiter = threading.Thread(target=child.wait, name=f"reap-{child.pid}", daemon=True)
+    waiter.start()
+    return waiter
 
 
 def has_proc() -> bool:

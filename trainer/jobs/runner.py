@@ -24,11 +24,15 @@ from typing import Any
 
 from trainer.config import load_config
 from trainer.errors import StudioError, TrainingError
+from trainer.fileio import disk_error
 from trainer.jobs import process
 from trainer.jobs.events import EventLog, Heartbeat, read_events
 from trainer.jobs.library import publish
 from trainer.jobs.paths import Home, JobFiles
 from trainer.jobs.store import JobStore
+
+RESERVE_BYTES = 1 << 20
+"""Disk space a runner holds while it trains, released to record a failure when the disk fills up."""
 
 
 class Runner:
@@ -42,12 +46,19 @@ class Runner:
         self.log = EventLog(self.files.events)
         self.failed_written = False
         self.terminated = False
+        self.reserve = self.files.dir / ".reserve"
 
     def should_stop(self) -> bool:
         return self.terminated or self.files.stop_flag.exists()
 
     def on_event(self, event: Any) -> None:
-        record = self.log.write(event.to_dict())
+        try:
+            record = self.log.write(event.to_dict())
+        except OSError as err:
+            if event.kind == "failed":  # the failure itself is recorded by fail(), once there is room
+                print(f"could not write the failed event: {err}", file=sys.stderr, flush=True)
+                return
+            raise disk_error(err, self.files.events) from err
         self.failed_written |= event.kind == "failed"
         print(describe(record), flush=True)
         if event.kind == "checkpoint":
@@ -67,6 +78,7 @@ class Runner:
             # Stopped (or removed) between the supervisor's claim and this start: nothing to do.
             print(f"job {self.job_id}: no longer running; exiting without training", flush=True)
             return 0
+        self.hold_reserve()
         config = load_config(self.files.config)
         resume_from = latest_checkpoint(self.files.dir)  # also clears checkpoints a kill left half-written
         self.log.write({"kind": "runner", "pid": me, "resume_from": resume_from and str(resume_from)})
@@ -90,6 +102,8 @@ class Runner:
                               only_if=("running",))
             return 0
         library = [str(p) for p in publish(self.home, self.job_id, result.outputs, config, result.step)]
+        if library:  # the name it got: `cats-2` when another job's `cats` was already in the library
+            self.log.write({"kind": "published", "name": Path(library[-1]).stem, "files": library})
         self.store.update(self.job_id, status="done", step=result.step, loss=result.final_loss,
                           outputs=outputs, library=library, only_if=("running",))
         return 0
@@ -119,12 +133,31 @@ class Runner:
     def fail(self, err: BaseException) -> None:
         message, advice = explain(err)
         print(f"job {self.job_id} failed: {message}", flush=True)
+        self.release_reserve()  # a full disk is the likeliest cause: the reserve makes room to say so
         if not self.failed_written:
             try:
                 self.log.write({"kind": "failed", "error": message, "advice": advice})
             except OSError as log_err:  # the disk may be the very thing that is full
                 print(f"could not write the failed event: {log_err}", file=sys.stderr, flush=True)
-        self.store.update(self.job_id, status="failed", error=message, only_if=("running",))
+        try:
+            self.store.update(self.job_id, status="failed", error=message, only_if=("running",))
+        except StudioError as store_err:  # still no room: reconcile will find it interrupted, resumable
+            print(f"could not record the failure: {store_err}", file=sys.stderr, flush=True)
+
+    def hold_reserve(self) -> None:
+        """Set aside RESERVE_BYTES beside the job, freed on failure so a full disk can still be reported."""
+        try:
+            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            finally:
+                os.close(fd)
+        except OSError:  # already full, or no fallocate here: fail() still tries without it
+            self.release_reserve()
+
+    def release_reserve(self) -> None:
+        with contextlib.suppress(OSError):
+            self.reserve.unlink(missing_ok=True)
 
 
 def explain(err: BaseException) -> tuple[str, str]:
@@ -172,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     finally:
         heartbeat.stop()
+        runner.release_reserve()
     if not runner.terminated:
         start_next(runner.home)
     return code

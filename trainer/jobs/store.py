@@ -5,7 +5,9 @@
     store.update(job_id, status="running", pid=1234, pid_start=98765)
 
 Every call opens a short connection and commits before it returns, so several processes (CLI, web server,
-runners) can use the file at once; SQLite's own locking serialises the writers.
+runners) can use the file at once; SQLite's own locking serialises the writers. Opening an existing
+table writes nothing, so `jobs list` works on a full disk; a write that finds the disk full raises
+`DiskFullError` ("the disk is full", with the path).
 """
 
 from __future__ import annotations
@@ -53,12 +55,18 @@ _COLUMNS = ("name", "status", "pid", "pid_start", "step", "total_steps", "loss",
 _JSON_COLUMNS = ("outputs", "library")
 
 
+class DiskFullError(JobError):
+    """The job table could not be written because the disk is full; reads still work."""
+
+
 class JobStore:
     """Rows of the `jobs` table as plain dicts; statuses are checked on every write."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._schema_version() == SCHEMA_VERSION:
+            return  # nothing to create or migrate: opening writes nothing (a full disk still lists jobs)
         with self._connect(immediate=True) as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -68,6 +76,21 @@ class JobStore:
                 raise JobError(f"was written by a newer LoRA Studio (schema {version})", where=str(self.path),
                                fix="Upgrade LoRA Studio, or point --home at another folder.")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _schema_version(self) -> int | None:
+        """The file's schema version, read without writing anything; None if it is not there yet."""
+        if not self.path.is_file():
+            return None
+        try:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return None  # let the normal open below report it
+        return version if {"jobs", "settings"} <= tables else None
 
     @contextlib.contextmanager
     def _connect(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
@@ -81,9 +104,14 @@ class JobStore:
             db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             yield db
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as err:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
+                raise DiskFullError(f"could not be written: the disk is full ({err})", where=str(self.path),
+                                    fix=f"Free space on the disk that holds {self.path.parent}; reading jobs "
+                                        "still works meanwhile.") from err
             raise
         finally:
             db.close()

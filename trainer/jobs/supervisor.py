@@ -23,12 +23,12 @@ from typing import Any
 
 import trainer
 from trainer.config import TrainConfig, save_config, validate
-from trainer.errors import JobError
-from trainer.fileio import atomic_write_bytes
+from trainer.errors import DatasetError, JobError
+from trainer.fileio import atomic_write_bytes, disk_error
 from trainer.jobs import process
 from trainer.jobs.events import EventLog, heartbeat_age, last_event, read_events, tail_events
 from trainer.jobs.paths import Home, JobFiles, default_home
-from trainer.jobs.store import JobStore
+from trainer.jobs.store import DiskFullError, JobStore
 
 # A claimed job whose runner never recorded a pid after this long lost its supervisor mid-spawn.
 SPAWN_GRACE_S = 60.0
@@ -44,8 +44,9 @@ class Supervisor:
         self.store = JobStore(self.home.db)
         self._max_concurrent = max_concurrent
         self._children: dict[str, subprocess.Popen] = {}
-        self.reconcile()
-        self.pump()
+        self.upkeep_error: str | None = None
+        """Why the last reconcile/pump could not write (a full disk), or None."""
+        self._upkeep()
 
     @property
     def max_concurrent(self) -> int:
@@ -70,6 +71,7 @@ class Supervisor:
             if existing is not None:
                 return existing
         validate(config)
+        check_dataset_exists(config)
         job_id = secrets.token_hex(4)
         files = self.files(job_id)
         files.dir.mkdir(parents=True)
@@ -139,6 +141,8 @@ class Supervisor:
 
     def reconcile(self) -> list[str]:
         """Mark `running` jobs whose runner is gone (or whose pid now names another process) `interrupted`."""
+        for job_id in [j for j, child in self._children.items() if child.poll() is not None]:
+            del self._children[job_id]  # exited (and reaped): nothing left to hold on to
         return [job["id"] for job in self.store.all() if self._check(job)]
 
     def _check(self, job: dict[str, Any]) -> bool:
@@ -161,14 +165,13 @@ class Supervisor:
 
     def list(self) -> list[dict[str, Any]]:
         """Every job, oldest first, after reconciling and starting what can start."""
-        self.reconcile()
-        self.pump()
+        self._upkeep()
         return [self._describe(job) for job in self.store.all()]
 
     def show(self, job_id: str) -> dict[str, Any]:
         """One job (see the keys in `_describe`), its own liveness checked first."""
         job = self.store.get(job_id)
-        if self._check(job):
+        if self._upkeep(lambda: self._check(job)):
             job = self.store.get(job_id)
         return self._describe(job)
 
@@ -204,6 +207,19 @@ class Supervisor:
 
     # -- internals --------------------------------------------------------------------------------
 
+    def _upkeep(self, work: Any = None) -> Any:
+        """Reconcile and start queued jobs (or run `work`); on a full disk skip the writes and say why in
+        `upkeep_error`: reading the jobs must keep working while the user frees space."""
+        try:
+            result = work() if work else (self.reconcile(), self.pump())
+        except (DiskFullError, OSError) as err:
+            if isinstance(err, OSError) and disk_error(err, self.home.root) is err:
+                raise
+            self.upkeep_error = str(err)
+            return None
+        self.upkeep_error = None
+        return result
+
     def _describe(self, job: dict[str, Any]) -> dict[str, Any]:
         files = self.files(job["id"])
         recent = tail_events(files.events)
@@ -227,6 +243,7 @@ class Supervisor:
             "updated": job["updated"],
             "outputs": job["outputs"],
             "library": job["library"],
+            "library_name": Path(job["library"][-1]).stem if job["library"] else None,
             "error": job["error"],
             "advice": failed.get("advice") if job["status"] == "failed" else None,
             "stopping": running and files.stop_flag.exists(),
@@ -257,6 +274,7 @@ class Supervisor:
                                           "advice": "Check that the home folder is writable and resume."})
             return
         self._children[job_id] = child
+        process.adopt(child)  # reaped when it exits, even if this supervisor never looks at the job again
         self.store.update(job_id, pid=child.pid, pid_start=process.start_time(child.pid),
                           only_if=("running",))
 
@@ -265,6 +283,16 @@ class Supervisor:
         child = self._children.get(job_id)
         if child is not None and child.poll() is not None:
             del self._children[job_id]
+
+
+def check_dataset_exists(config: TrainConfig) -> None:
+    """Refuse a job whose dataset folder is not there now: it would only fail once its turn came."""
+    folder = Path(config.data.path).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(f"{what} (data.path)", where=str(folder.resolve()),
+                           fix="Import the dataset first (the Datasets tab or `lora-studio import-dataset`), "
+                               "or point data.path at its folder.")
 
 
 def pin_paths(config: TrainConfig, files: JobFiles) -> TrainConfig:

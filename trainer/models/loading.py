@@ -95,19 +95,49 @@ def _from_folder(folder: Path, allow_pickle: bool, dtype, where: str):
         refuse_pickle(folder / pickled[0], allow_pickle)
     try:
         return _from_pretrained(class_name, folder, allow_pickle, dtype)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError) as err:
         raise ModelError(f"could not be loaded: {err}", where=where,
                          fix="Check that every component folder has its config and weights.") from err
 
 
 def _pipeline_class_name(index: Path) -> str:
-    class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    class_name = _read_model_index(index).get("_class_name", "")
     known = {f.pipeline_class for f in FAMILIES.values()}
-    if class_name not in known:
+    if not isinstance(class_name, str) or class_name not in known:
+        class_name = class_name if isinstance(class_name, str) else repr(class_name)
         raise ModelError(f"holds a {class_name or 'unnamed'} pipeline; LoRA Studio trains "
                          f"{', '.join(sorted(known))}", where=str(index),
                          fix="Use an SD 1.x, SD 2.x or SDXL model.")
     return class_name
+
+
+_LIBRARIES = ("diffusers", "transformers")
+_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler",
+               "safety_checker", "feature_extractor", "image_encoder")
+_FIX_INDEX = ("Re-download the model, or fix model_index.json: a table of component: [\"diffusers\" or "
+              "\"transformers\", \"ClassName\"] pairs and a _class_name.")
+
+
+def _read_model_index(index: Path) -> dict:
+    """model_index.json as diffusers will use it, every field checked: diffusers imports the library each
+    component names and calls its class, so a stray field ends in a traceback (or imports any module)."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as err:
+        raise ModelError(f"is not readable JSON ({err})", where=str(index), fix=_FIX_INDEX) from err
+    if not isinstance(data, dict):
+        raise ModelError(f"must be a JSON table, got {type(data).__name__}", where=str(index), fix=_FIX_INDEX)
+    for key, value in data.items():
+        if key.startswith("_") or value is None or value == [None, None]:
+            continue
+        if not isinstance(value, list) and key not in _COMPONENTS:
+            continue  # a plain setting such as requires_safety_checker: false
+        ok = (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+              and value[0] in _LIBRARIES and value[1].isidentifier())
+        if not ok:
+            raise ModelError(f"has a component {key!r} of {json.dumps(value)[:100]}, not a [library, class] pair "
+                             f"from {' or '.join(_LIBRARIES)}", where=str(index), fix=_FIX_INDEX)
+    return data
 
 
 def _from_pretrained(class_name: str, source, allow_pickle: bool, dtype):
