@@ -290,3 +290,57 @@ def test_a_long_lora_name_is_refused_before_a_job_is_queued(server, api):
     assert not any(row[1] == "x" * 300 for row in (jobs or {}).get("data") or [])
     text = refused(api.predict, "linked", None, api_name="/start_job", **quick_form(train_steps="many"))
     assert "Steps must be a number" in text, text
+
+
+# the rules behind the guard, case by case (no server needed)
+
+
+@pytest.mark.parametrize(
+    "host, ok",
+    [
+        ("127.0.0.1:7860", True),
+        ("[::1]:7860", True),
+        ("192.168.1.20:7860", True),  # an IP address cannot be rebound by DNS
+        ("localhost:7860", True),
+        ("LOCALHOST", True),
+        ("studio-box", True),  # a name the machine has
+        ("attacker.example", False),
+        ("localhost.attacker.example:7860", False),
+        ("", False),
+    ],
+)
+def test_host_rule(host, ok):
+    from app.security import host_allowed
+
+    assert host_allowed(host, ["studio-box"]) is ok
+
+
+@pytest.mark.parametrize(
+    "origin, host, ok",
+    [
+        ("http://127.0.0.1:7860", "127.0.0.1:7860", True),
+        ("http://localhost", "localhost:80", True),
+        ("https://studio.example", "127.0.0.1:7860", True),  # --allowed-host studio.example (a proxy)
+        ("http://127.0.0.1:8000", "127.0.0.1:7860", False),  # another app on this machine
+        ("null", "127.0.0.1:7860", False),
+        ("file://", "127.0.0.1:7860", False),
+    ],
+)
+def test_origin_rule(origin, host, ok):
+    from app.security import same_origin
+
+    assert same_origin(origin, host, ["studio.example"]) is ok
+
+
+def test_only_files_inside_the_upload_folder_are_forgotten(tmp_path):
+    from app.uploads import forget_uploads
+
+    uploads = tmp_path / "uploads"
+    (uploads / "abc").mkdir(parents=True)
+    taken = uploads / "abc" / "a.png"
+    taken.write_bytes(b"x")
+    elsewhere = tmp_path / "dataset.png"
+    elsewhere.write_bytes(b"keep")
+    (uploads / "link.png").symlink_to(elsewhere)
+    assert forget_uploads(uploads, [str(taken), str(elsewhere), str(uploads / "link.png")]) == 1
+    assert not (uploads / "abc").exists() and elsewhere.read_bytes() == b"keep"
