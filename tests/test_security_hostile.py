@@ -33,7 +33,9 @@ def server(tmp_path_factory):
     (home / ".gradio" / "old").mkdir(parents=True)
     (home / ".gradio" / "old" / "left-behind.png").write_bytes(b"from an earlier run")
     with running_server(
-        home, "--auth", ":".join(LOGIN), "--max-upload-files", str(MAX_FILES), "--max-upload-mb", "1"
+        home,
+        *("--auth", ":".join(LOGIN), "--max-upload-files", str(MAX_FILES), "--max-upload-mb", "1"),
+        *("--allowed-host", "studio.example"),
     ) as srv:
         yield srv
 
@@ -173,6 +175,7 @@ def test_a_foreign_host_header_is_refused(server, web):
         assert b"\x89PNG" not in response.content
     assert web.get(file_url(image), headers={"host": f"localhost:{port}"}).status_code == 200
     assert web.get(file_url(image), headers={"host": f"127.0.0.1:{port}"}).status_code == 200
+    assert web.get(file_url(image), headers={"host": "studio.example"}).status_code == 200  # --allowed-host
 
 
 def test_cross_origin_requests_are_refused(server, web):
@@ -190,6 +193,8 @@ def test_cross_origin_requests_are_refused(server, web):
         assert web.post("/gradio_api/queue/join", json={}, headers=headers).status_code == 403, headers
     assert upload_dir_files(server) == before
     assert web.post("/gradio_api/upload", files=files, headers={"origin": server.url}).status_code == 200
+    proxied = {"origin": "https://studio.example"}  # the page came through the --allowed-host proxy
+    assert web.post("/gradio_api/upload", files=files, headers=proxied).status_code == 200
 
 
 def test_too_many_files_in_one_request_land_nowhere(server, web, tmp_path):
