@@ -288,6 +288,27 @@ def test_wrong_values_through_the_api_get_a_specific_error(api, call, expected):
     assert "Traceback" not in text and "upstream Gradio app has raised" not in text
 
 
+FILE_DATA = {"meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.mark.parametrize(
+    "api_name, data, expected",
+    [
+        ("import_files", ["x", "notafile"], "must be an uploaded file"),
+        ("import_files", ["x", [{"path": "/etc/passwd"} | FILE_DATA]], "'passwd' was not uploaded to this studio"),
+        ("show_dataset", [], "show_dataset takes 1 values (Dataset), got 0"),
+        ("save_captions", ["linked", {"data": "zz"}], "save_captions: an input could not be read"),
+    ],
+)
+def test_malformed_raw_api_calls_get_a_specific_error(web, api_name, data, expected):
+    """What no gradio_client sends but any HTTP client can: the error names the field or the action."""
+    started = web.post(f"/gradio_api/call/{api_name}", json={"data": data})
+    assert started.status_code == 200, started.text
+    stream = web.get(f"/gradio_api/call/{api_name}/{started.json()['event_id']}").text
+    assert "event: error" in stream and expected in stream, stream
+    assert '"error": null' not in stream and "Traceback" not in stream
+
+
 def test_a_long_lora_name_is_refused_before_a_job_is_queued(server, api):
     text = refused(api.predict, "linked", None, api_name="/start_job", **quick_form(export_name="x" * 300))
     assert "LoRA name" in text and "1-64 letters" in text, text
