@@ -134,9 +134,11 @@ class Guard:
         """Count failed logins per client address; past the limit, answer 429 until the window passes."""
         client = (scope.get("client") or ("?", 0))[0]
         now = time.monotonic()
-        recent = self.failures[client]
+        recent = self.failures.get(client, deque())
         while recent and now - recent[0] > LOGIN_WINDOW_S:
             recent.popleft()
+        if not recent:
+            self.failures.pop(client, None)  # addresses with no recent failure are not kept
         if len(recent) >= LOGIN_FAILURES:
             wait = int(LOGIN_WINDOW_S - (now - recent[0])) + 1
             message = f"too many failed logins from {client}: wait {wait} s and try again"
@@ -146,9 +148,9 @@ class Guard:
         async def watch(message: dict) -> None:
             if message["type"] == "http.response.start":
                 if message["status"] >= 400:
-                    recent.append(time.monotonic())
+                    self.failures[client].append(time.monotonic())
                 elif message["status"] < 300:
-                    recent.clear()
+                    self.failures.pop(client, None)
             await send(message)
 
         await self.app(scope, receive, watch)
