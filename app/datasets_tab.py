@@ -16,6 +16,7 @@ import gradio as gr
 
 from app.security import SecurityError, check_upload_count, inside, suggest_name
 from app.studio import Studio
+from app.uploads import forget_uploads
 from trainer.errors import StudioError
 from trainer.fileio import atomic_write_bytes
 
@@ -26,7 +27,17 @@ GALLERY_LIMIT = 200
 
 
 def import_files(studio: Studio, name: str, files: list[str] | None) -> str:
-    """Add uploaded images, captions and zips to dataset `name` (created if new); returns a summary."""
+    """Add uploaded images, captions and zips to dataset `name` (created if new); returns a summary.
+
+    The uploaded files are deleted afterwards, taken or refused: the upload folder does not grow.
+    """
+    try:
+        return _import_files(studio, name, files)
+    finally:
+        forget_uploads(studio.upload_dir, files if isinstance(files, list) else [])
+
+
+def _import_files(studio: Studio, name: str, files: list[str] | None) -> str:
     files = [str(f) for f in check_upload_count(files, studio.max_upload_files)]
     if not files:
         raise SecurityError("nothing was uploaded", fix="Drop images (PNG, JPEG, WebP), .txt captions or a .zip.")
@@ -73,9 +84,14 @@ def list_items(studio: Studio, name: str) -> list[tuple[Path, str]]:
 
     folder = studio.dataset_path(name)
     items = scan_dataset(DataConfig(path=str(folder)))
+    real_folder = folder.resolve()
     seen: dict[Path, str] = {}
     for item in items:  # repeat folders may list an image more than once
-        seen.setdefault(Path(item.image_path), item.caption)
+        path = Path(item.image_path)
+        # a link (or a linked sub-folder) that leads out of the dataset is never shown: the gallery would
+        # copy its target into gradio's cache and serve it
+        if real_folder in path.resolve().parents:
+            seen.setdefault(path, item.caption)
     return list(seen.items())
 
 

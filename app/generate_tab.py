@@ -17,11 +17,14 @@ import gradio as gr
 
 from app.security import SecurityError, inside, safe_name, suggest_name
 from app.studio import Studio
+from app.uploads import forget_uploads
 from trainer.errors import StudioError
 
 SLOTS = 3
 """LoRA pickers (each with its strength slider) on the tab."""
 MAX_SIDE = 1024
+MAX_SEED = 2**32 - 1
+"""Seeds are 0..2^32-1 (what a torch generator and A1111's seed field take)."""
 
 
 REQUEST_KEYS = {
@@ -68,6 +71,8 @@ def _ensure_loaded(studio: Studio, pool: Any, names: list[str]) -> float:
 def _check(req: Request) -> Request:
     if not req.prompt.strip():
         raise SecurityError("the prompt is empty", fix="Type what the image should show.")
+    if float(req.seed) != int(req.seed) or not 0 <= int(req.seed) <= MAX_SEED:
+        raise SecurityError(f"seed {req.seed} is not allowed", fix=f"Use a whole number from 0 to {MAX_SEED}.")
     for side, value in (("width", req.width), ("height", req.height)):
         if not 64 <= int(value) <= MAX_SIDE or int(value) % 8:
             raise SecurityError(f"{side} {value} is not allowed", fix=f"Use a multiple of 8 from 64 to {MAX_SIDE}.")
@@ -114,6 +119,9 @@ def grid(studio: Studio, req: Request, name: str, prompts: list[str], strengths:
     req = _check(Request(prompts[0] if prompts else "", **{k: v for k, v in vars(req).items() if k != "prompt"}))
     if not name:
         raise SecurityError("no LoRA is picked for the grid", fix="Choose a LoRA in the first slot.")
+    from trainer.generate.grid import check_grid_size
+
+    check_grid_size(1, len(prompts), len(strengths))  # before the pool (and a model) is loaded
     started = time.perf_counter()
     with studio.preview() as pool:
         _ensure_loaded(studio, pool, [name])
@@ -239,6 +247,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
             text = add_lora(studio, upload, name)
         except StudioError as err:
             text = f"**Error:** {err}"
+        finally:  # copied into the library or refused: the upload itself is no longer needed
+            forget_uploads(studio.upload_dir, [upload] if isinstance(upload, str) else [])
         return [text, None, *[gr.update(choices=list(studio.lora_files())) for _ in pickers]]
 
     c["generate"].click(

@@ -144,3 +144,53 @@ def blocked_paths(home: Path) -> list[str]:
         str(home / name)
         for name in ("studio.sqlite", "studio.sqlite-wal", "studio.sqlite-shm", "studio.sqlite-journal")
     ]
+
+
+def _split_host(value: str) -> tuple[str, str]:
+    """`host[:port]` (IPv6 in brackets) -> (lower-case host, port or '')."""
+    value = (value or "").strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, rest.removeprefix(":")
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    return host, port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header: str, names: Sequence[str]) -> bool:
+    """True when a request's Host header names this studio: an IP address (which no DNS can rebind),
+    `localhost`, or one of `names` (the machine's own names and every `--allowed-host`)."""
+    host, _ = _split_host(host_header)
+    if not host:
+        return False
+    return _is_ip(host) or host in {"localhost", *(n.lower() for n in names)}
+
+
+def same_origin(origin: str, host_header: str, proxied: Sequence[str] = ()) -> bool:
+    """True when a browser's Origin header is the studio's own page: the same host and port as the request,
+    or a name given with `--allowed-host` (a reverse proxy in front of the studio)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit((origin or "").strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False  # "null" (sandboxed frames, file:// pages) and anything odd
+    default = "443" if parts.scheme == "https" else "80"
+    host, port = _split_host(host_header)
+    if parts.hostname in {n.lower() for n in proxied}:
+        return True
+    return parts.hostname == host and str(parts.port or default) == (port or default)
+
+
+def machine_names() -> list[str]:
+    """This machine's own host names (a browser on the LAN may open the studio by them)."""
+    import socket
+
+    names = {socket.gethostname(), socket.getfqdn()}
+    return sorted(n.lower() for n in names if n)

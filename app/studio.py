@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 import threading
 import time
@@ -60,6 +61,11 @@ class Studio:
     @property
     def datasets_dir(self) -> Path:
         return Home(self.home).datasets
+
+    @property
+    def upload_dir(self) -> Path:
+        """Where gradio puts uploads (`GRADIO_TEMP_DIR`, `<home>/.gradio` unless the user set it)."""
+        return Path(os.environ.get("GRADIO_TEMP_DIR") or self.home / ".gradio").resolve()
 
     @property
     def loras_dir(self) -> Path:

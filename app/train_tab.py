@@ -14,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from app import forms
+from app.security import safe_name
 from app.studio import Studio
 from trainer.errors import StudioError
 
@@ -26,6 +27,8 @@ def start_job(studio: Studio, values: dict[str, Any], dataset: str) -> str:
     """Turn the form into a config and queue it; returns the new job id."""
     if not dataset:
         raise StudioError("no dataset is selected", fix="Pick a dataset (make one in the Datasets tab).")
+    # the name becomes file names in the library: refuse what the library would, before a job is queued
+    safe_name(str(values.get("export.name") or ""), what="LoRA name")
     config = forms.values_to_config(values, studio.home, dataset=dataset)
     studio.yield_gpu()  # the job gets the whole GPU: a preview pool sitting there steps aside first
     return studio.supervisor.submit(config)

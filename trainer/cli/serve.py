@@ -54,6 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-upload-files", type=int, default=None, help="most files in one upload (default 1000)"
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name browsers may use to reach the studio besides its IP addresses, localhost and this "
+        "machine's name (e.g. a reverse proxy's); repeat for several, or list them comma-separated in "
+        "LORA_STUDIO_ALLOWED_HOSTS. Requests naming any other host are refused",
+    )
     p.set_defaults(handler=run)
 
 
@@ -76,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
     limits = {"max_upload_mb": args.max_upload_mb, "max_upload_files": args.max_upload_files}
     studio = Studio(home=home, base_model=args.base_model, **{k: v for k, v in limits.items() if v})
     print(f"LoRA Studio: state in {studio.home}; open http://{args.host}:{args.port}", flush=True)
-    launch(studio, host=args.host, port=args.port, auth=auth)
+    env_hosts = os.environ.get("LORA_STUDIO_ALLOWED_HOSTS", "")
+    hosts = args.allowed_host + [h.strip() for h in env_hosts.split(",") if h.strip()]
+    launch(studio, host=args.host, port=args.port, auth=auth, allowed_hosts=hosts)
     return 0

@@ -9,9 +9,26 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
+MAX_GRID_CELLS = 64
+"""Most images one grid may generate (LoRAs x prompts x strengths): each is a full sampling run."""
 PAD = 4
 BACKGROUND = (255, 255, 255)
 INK = (20, 20, 20)
+
+
+def check_grid_size(loras: int, prompts: int, strengths: int, limit: int = MAX_GRID_CELLS) -> None:
+    """Refuse an empty grid or one of more than `limit` cells before any image is generated."""
+    from trainer.errors import StudioError
+
+    cells = loras * prompts * strengths
+    if not prompts or not strengths:
+        raise StudioError("a grid needs at least one prompt and one strength", fix="Give a prompt and a strength.")
+    if cells > limit:
+        raise StudioError(
+            f"a grid of {loras} LoRA(s) x {prompts} prompt(s) x {strengths} strength(s) is {cells} images, "
+            f"more than the limit of {limit}",
+            fix="Use fewer prompts or strengths, or make several grids.",
+        )
 
 
 @dataclass

@@ -148,12 +148,14 @@ class AdapterPool:
     def grid(self, prompts: list[str], strengths=(0.0, 0.25, 0.5, 0.75, 1.0), seed: int = 0,
              loras: list[str] | None = None, **options):
         """One labelled image: a column per strength, a row per prompt (and per LoRA), one seed throughout."""
-        from trainer.generate.grid import compose_grid
+        from trainer.generate.grid import check_grid_size, compose_grid
 
         with self._lock:
             loras = list(loras) if loras is not None else self.loaded()
             if not loras:
                 raise StudioError("a grid needs at least one loaded LoRA", fix="Load one with pool.load().")
+            strengths = list(strengths)
+            check_grid_size(len(loras), len(prompts), len(strengths))
             base: dict[str, object] = {}
             rows, row_labels = [], []
             for lora in loras:
