@@ -254,3 +254,19 @@ def weights_hash(pipe) -> str:
             digest.update(f"{component}.{key}".encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def save_pretrained_weights(pipe, path: str | Path, meta: dict | None = None) -> Path:
+    """Write the SD 1.x pipeline's UNet, VAE and text encoder as one fp16 safetensors file (the shipped form)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for component in ("unet", "vae", "text_encoder"):
+        for key, tensor in getattr(pipe, component).state_dict().items():
+            tensors[f"{component}.{key}"] = tensor.detach().to("cpu", torch.float16).contiguous()
+    metadata = {"scaling_factor": repr(float(pipe.vae.config.scaling_factor)),
+                "pretrain": json.dumps(meta or {}, sort_keys=True)}
+    save_file(tensors, str(path), metadata=metadata)
+    return Path(path)
