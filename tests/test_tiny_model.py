@@ -47,3 +47,26 @@ def test_cli_writes_a_folder_that_diffusers_loads_and_trains_on(tmp_path, exampl
                    check=True, timeout=300, capture_output=True)
     assert (out / "lora.safetensors").is_file()
     assert 'base_model = "' + str(folder) in (out / "config.toml").read_text()
+
+
+def test_pretrained_weights_round_trip_and_a_wrong_hash_is_refused(tmp_path, tiny_pipe):
+    import copy
+    import hashlib
+
+    import pytest
+
+    from trainer.errors import ModelError
+    from trainer.models.tiny import load_pretrained_weights, save_pretrained_weights
+
+    pipe = copy.deepcopy(tiny_pipe)
+    pipe.vae.register_to_config(scaling_factor=0.25)
+    path = save_pretrained_weights(pipe, tmp_path / "w.safetensors", meta={"seed": 1})
+    loaded = load_pretrained_weights(build_tiny_pipeline("tiny-random"), path,
+                                     hashlib.sha256(path.read_bytes()).hexdigest())
+    assert loaded.vae.config.scaling_factor == 0.25
+    for name, tensor in pipe.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[name], tensor.half().float()), name
+    with pytest.raises(ModelError, match="pinned SHA-256"):
+        load_pretrained_weights(build_tiny_pipeline("tiny-random"), path, "0" * 64)
+    with pytest.raises(ModelError, match="tiny-random"):
+        load_pretrained_weights(build_tiny_pipeline("tiny-random"), tmp_path / "absent.safetensors")

@@ -19,7 +19,7 @@ from trainer.errors import ModelError
 from trainer.models.families import FAMILIES, Family, family_for_pipeline
 from trainer.models.resolution import resolution_of
 from trainer.models.single_file import PICKLE_SUFFIXES, load_single_file, refuse_pickle
-from trainer.models.tiny import TINY_NAMES, TINY_RESOLUTION, build_tiny_pipeline
+from trainer.models.tiny import TINY_NAMES, TINY_RESOLUTION, load_tiny_pipeline
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -42,7 +42,7 @@ def load_base(model: ModelConfig, dtype=None) -> Base:
     """Load `model.base_model` (see the module docstring) on the CPU; the caller moves it."""
     name = model.base_model.strip()
     if name in TINY_NAMES:
-        pipe, resolution = build_tiny_pipeline(TINY_NAMES[name]), TINY_RESOLUTION[TINY_NAMES[name]]
+        pipe, resolution = load_tiny_pipeline(name), TINY_RESOLUTION[TINY_NAMES[name]]
     else:
         pipe = _load_pipeline(name, model, dtype)
         resolution = resolution_of(pipe.unet.config, pipe.vae.config)

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-random": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+# Names whose weights are the pretrained ones shipped in assets/ (trainer/models/pretrain.py made them); every
+# other tiny name is the seeded random model, for tests that need the exact structure only.
+PRETRAINED = {}
+PRETRAINED_FILE = Path(__file__).parent / "assets" / "tiny-sd15-shapes.safetensors"
+PRETRAINED_SHA256 = ""
+"""SHA-256 of PRETRAINED_FILE; a file that does not match is refused."""
 TINY_RESOLUTION = {"sd15": 128, "sd2": 128, "sdxl": 128}
 TINY_SEED = 20241122
 
@@ -154,6 +160,40 @@ def build_tiny_pipeline(family: str = "sd15"):
     return pipe
 
 
+def load_tiny_pipeline(name: str = "tiny"):
+    """The pipeline a tiny name stands for: the shipped pretrained weights for PRETRAINED names, else random."""
+    pipe = build_tiny_pipeline(TINY_NAMES.get(name, name))
+    if name in PRETRAINED:
+        load_pretrained_weights(pipe, PRETRAINED_FILE, PRETRAINED_SHA256)
+    return pipe
+
+
+def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
+    """Load a file `save_pretrained_weights` wrote into the SD 1.x pipeline, after checking its SHA-256."""
+    from safetensors import safe_open
+
+    from trainer.errors import ModelError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("is missing from the package", where=str(path),
+                         fix="Reinstall LoRA Studio, or use --base-model tiny-random for the random-weight model.")
+    if sha256 is not None and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+        raise ModelError("does not match its pinned SHA-256 (damaged or replaced)", where=str(path),
+                         fix="Reinstall LoRA Studio, or regenerate it with tools/pretrain_tiny.py and update "
+                             "PRETRAINED_SHA256.")
+    with safe_open(str(path), framework="pt") as weights:
+        metadata, names = weights.metadata() or {}, list(weights.keys())  # safe_open is not iterable
+        for component in ("unet", "vae", "text_encoder"):
+            module = getattr(pipe, component)
+            prefix = component + "."
+            state = {k[len(prefix):]: weights.get_tensor(k).float() for k in names if k.startswith(prefix)}
+            module.load_state_dict(state, strict=True)
+    if "scaling_factor" in metadata:
+        pipe.vae.register_to_config(scaling_factor=float(metadata["scaling_factor"]))
+    return pipe
+
+
 def _tokenizer(pad_token: str | None = None):
     """The locally built CLIP tokenizer; SD 2's OpenCLIP tokenizer pads with '!' instead of end-of-text."""
     import tempfile
@@ -254,3 +294,19 @@ def weights_hash(pipe) -> str:
             digest.update(f"{component}.{key}".encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def save_pretrained_weights(pipe, path: str | Path, meta: dict | None = None) -> Path:
+    """Write the SD 1.x pipeline's UNet, VAE and text encoder as one fp16 safetensors file (the shipped form)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for component in ("unet", "vae", "text_encoder"):
+        for key, tensor in getattr(pipe, component).state_dict().items():
+            tensors[f"{component}.{key}"] = tensor.detach().to("cpu", torch.float16).contiguous()
+    metadata = {"scaling_factor": repr(float(pipe.vae.config.scaling_factor)),
+                "pretrain": json.dumps(meta or {}, sort_keys=True)}
+    save_file(tensors, str(path), metadata=metadata)
+    return Path(path)
