@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from data_files import write_image
@@ -64,6 +66,7 @@ def test_key_covers_bucket_crop_flip_background_and_the_vae(vae):
         "abc", (64, 64), (0, 0), False, "v", "#FFFFFF"), "the same colour spelled two ways shares entries"
     other = type(vae).from_config(vae.config)
     assert module_identity(other) != module_identity(vae), "different weights, different identity"
+    assert module_identity(copy.deepcopy(vae).half()) != module_identity(vae), "fp16 weights encode otherwise"
     assert text_key("a cat", "clip-1") != text_key("a cat, red", "clip-1") != text_key("a cat", "clip-2")
 
 
