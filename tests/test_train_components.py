@@ -140,6 +140,31 @@ def test_frozen_weights_are_placed_in_their_compute_dtype_and_lora_stays_float32
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)), "LoRA values changed in the move"
 
 
+def test_an_fp16_sdxl_run_encodes_images_with_a_float32_vae_and_renders_samples(example_dataset, tmp_path,
+                                                                               monkeypatch, one_thread):
+    """The fp16 path as far as a CPU can run it (accelerate allows fp16 weights on CPU, without autocast)."""
+    import numpy as np
+    from PIL import Image
+
+    from trainer.loop import train
+
+    encoded_with = set()
+    encode = ExampleSet._encode_pixels
+
+    def recording(self, vae, pixels):
+        encoded_with.add(vae.dtype)
+        return encode(self, vae, pixels)
+
+    monkeypatch.setattr(ExampleSet, "_encode_pixels", recording)
+    config = _sdxl_te_config(example_dataset, tmp_path / "out", **{
+        "train.mixed_precision": "fp16", "train.steps": 1, "sample.every_n_steps": 1, "sample.steps": 2})
+    result = train(config)
+    assert encoded_with == {torch.float32}
+    assert np.isfinite(result.final_loss)
+    image = np.asarray(Image.open(tmp_path / "out" / "samples" / "step-1" / "00.png"))
+    assert image.std() > 0, "the fp16 sample decoded to a flat image"
+
+
 class WatchedExamples(ExampleSet):
     """ExampleSet, counting the float32 image tensors (C, H, W) alive whenever the VAE encodes one."""
 
