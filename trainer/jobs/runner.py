@@ -97,8 +97,9 @@ class Runner:
                               only_if=("running",))
             return 0
         library = [str(p) for p in publish(self.home, self.job_id, result.outputs, config, result.step)]
-        if library:  # the name it got: `cats-2` when another job's `cats` was already in the library
-            self.log.write({"kind": "published", "name": Path(library[-1]).stem, "files": library})
+        if library:  # the name it got (`jobs show` has it too): `cats-2` when another job's `cats` was there
+            with contextlib.suppress(OSError):  # a full runner.log must not fail a published job
+                print(f"published to the library as {Path(library[-1]).stem}", flush=True)
         self.store.update(self.job_id, status="done", step=result.step, loss=result.final_loss,
                           outputs=outputs, library=library, only_if=("running",))
         return 0
