@@ -4,7 +4,7 @@
     # -> loras/cats.safetensors, loras/cats.peft.safetensors, loras/cats.json
 
 Two jobs that finish together with the same name never replace each other: each claims its stem
-atomically, and the second becomes `cats-2` (the job's `published` event and `jobs show` say which).
+atomically, and the second becomes `cats-2` (`jobs show` says which, as `library_name`).
 The safetensors files keep their own metadata (base model, rank, config hash); the sidecar adds the job,
 its step count and the full config so the library can be browsed without opening the tensors.
 """

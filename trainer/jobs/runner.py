@@ -54,13 +54,12 @@ class Runner:
     def on_event(self, event: Any) -> None:
         try:
             record = self.log.write(event.to_dict())
-        except OSError as err:
+            self.failed_written |= event.kind == "failed"
+            print(describe(record), flush=True)
+        except OSError as err:  # events.jsonl and runner.log sit on the job's disk
             if event.kind == "failed":  # the failure itself is recorded by fail(), once there is room
-                print(f"could not write the failed event: {err}", file=sys.stderr, flush=True)
                 return
             raise disk_error(err, self.files.events) from err
-        self.failed_written |= event.kind == "failed"
-        print(describe(record), flush=True)
         if event.kind == "checkpoint":
             # The step in the table is a convenience (the log has it too): a database locked for
             # longer than the store's timeout must not fail the training run.
@@ -92,8 +91,7 @@ class Runner:
                 result = train(config, on_event=self.on_event, should_stop=self.should_stop,
                                resume_from=resume_from, workdir=self.files.dir)
         except Exception as err:  # every failure becomes a readable `failed` status
-            traceback.print_exc()
-            self.fail(err)
+            self.fail(err, trace=True)
             return 1
         outputs = [str(p) for p in result.outputs]
         if result.stopped:
@@ -102,8 +100,9 @@ class Runner:
                               only_if=("running",))
             return 0
         library = [str(p) for p in publish(self.home, self.job_id, result.outputs, config, result.step)]
-        if library:  # the name it got: `cats-2` when another job's `cats` was already in the library
-            self.log.write({"kind": "published", "name": Path(library[-1]).stem, "files": library})
+        if library:  # the name it got (`jobs show` has it too): `cats-2` when another job's `cats` was there
+            with contextlib.suppress(OSError):  # a full runner.log must not fail a published job
+                print(f"published to the library as {Path(library[-1]).stem}", flush=True)
         self.store.update(self.job_id, status="done", step=result.step, loss=result.final_loss,
                           outputs=outputs, library=library, only_if=("running",))
         return 0
@@ -130,19 +129,24 @@ class Runner:
         return Result([Path(p) for p in done["outputs"]], done["step"], losses[-1] if losses else float("nan"),
                       bool(done.get("stopped")), losses)
 
-    def fail(self, err: BaseException) -> None:
+    def fail(self, err: BaseException, trace: bool = False) -> None:
         message, advice = explain(err)
-        print(f"job {self.job_id} failed: {message}", flush=True)
         self.release_reserve()  # a full disk is the likeliest cause: the reserve makes room to say so
+        with contextlib.suppress(OSError):  # runner.log is on that disk too
+            if trace:
+                traceback.print_exc()
+            print(f"job {self.job_id} failed: {message}", flush=True)
         if not self.failed_written:
             try:
                 self.log.write({"kind": "failed", "error": message, "advice": advice})
             except OSError as log_err:  # the disk may be the very thing that is full
-                print(f"could not write the failed event: {log_err}", file=sys.stderr, flush=True)
+                with contextlib.suppress(OSError):
+                    print(f"could not write the failed event: {log_err}", file=sys.stderr, flush=True)
         try:
             self.store.update(self.job_id, status="failed", error=message, only_if=("running",))
         except StudioError as store_err:  # still no room: reconcile will find it interrupted, resumable
-            print(f"could not record the failure: {store_err}", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError):
+                print(f"could not record the failure: {store_err}", file=sys.stderr, flush=True)
 
     def hold_reserve(self) -> None:
         """Set aside RESERVE_BYTES beside the job, freed on failure so a full disk can still be reported."""
@@ -200,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = runner.run()
     except Exception as err:  # a failure outside train(): a bad config file, an unreadable checkpoint
-        traceback.print_exc()
-        runner.fail(err)
+        runner.fail(err, trace=True)
         code = 1
     finally:
         heartbeat.stop()
