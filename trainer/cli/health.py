@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import urllib.error
-import urllib.request
 
 DEFAULT_PORT = 7860
 
@@ -29,6 +27,9 @@ def register(subparsers) -> None:
 
 def check(port: int, timeout: float = 5.0) -> tuple[bool, str]:
     """(healthy, what happened) for http://127.0.0.1:<port>/."""
+    import urllib.error  # here, not at the top: urllib.request costs every other command a fifth of a second
+    import urllib.request
+
     url = f"http://127.0.0.1:{port}/"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (a fixed http URL)

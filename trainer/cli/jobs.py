@@ -18,10 +18,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from trainer.config import load_config
-from trainer.jobs import Supervisor
+if TYPE_CHECKING:  # imported where used, so `lora-studio --help` does not load the job store
+    from trainer.jobs import Supervisor
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +80,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def supervisor(args: argparse.Namespace) -> Supervisor:
+    from trainer.jobs import Supervisor
+
     sup = Supervisor(args.home)
     if args.max_concurrent is not None:
         sup.save_max_concurrent(args.max_concurrent)
@@ -94,6 +96,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.gpus:
         overrides["train.gpus"] = args.gpus
         overrides["train.num_processes"] = len([g for g in args.gpus.split(",") if g.strip()])
+    from trainer.config import load_config
+
     config = load_config(args.config, overrides)
     sup = supervisor(args)
     job_id = sup.submit(config, request_key=args.request_key)

@@ -284,6 +284,9 @@ def load_tokenizer(model_config, report: Report | None = None):
     """The base model's CLIP tokenizer, from local files only; None (and a note) when it cannot be found."""
     base = model_config.base_model
     try:
+        light = _light_tokenizer(model_config)  # the same ids without importing transformers (most of a second)
+        if light is not None:
+            return light
         from transformers import CLIPTokenizer
 
         if base.startswith("tiny"):
@@ -300,3 +303,18 @@ def load_tokenizer(model_config, report: Report | None = None):
             report.add("note", "no-tokenizer", base,
                        f"has no local tokenizer, so caption lengths were not checked ({err})")
         return None
+
+
+def _light_tokenizer(model_config):
+    """The CLIP tokenizer from local vocab.json + merges.txt via `tokenizers` alone; None to ask transformers."""
+    from trainer.models.clip_tokens import caption_tokenizer, caption_tokenizer_from_folder
+
+    base = model_config.base_model
+    if base.startswith("tiny"):
+        from trainer.models.tokenizer import tiny_vocab
+
+        return caption_tokenizer(*tiny_vocab())
+    folder = Path(model_config.base_config or base).expanduser()
+    if folder.is_dir():
+        return caption_tokenizer_from_folder(folder / "tokenizer")
+    return None

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import torch
+# torch is imported inside the builders: `lora-studio --help`, `jobs` and `doctor` read the names and sizes
+# below without paying for it.
 
 TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-random": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 # Names whose weights are the pretrained ones shipped in assets/ (trainer/models/pretrain.py made them); every
@@ -220,6 +221,7 @@ def _text_config(settings: dict, pad_token: str | None = None):
 
 
 def _build_sd15():
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -237,6 +239,7 @@ def _build_sd15():
 
 
 def _build_sd2():
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -254,6 +257,7 @@ def _build_sd2():
 
 
 def _build_sdxl():
+    import torch
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -285,6 +289,8 @@ def save_tiny_model(family: str, out_dir: str | Path) -> Path:
 
 def weights_hash(pipe) -> str:
     """SHA-256 over every tensor of the UNet, VAE and text encoder, in key order."""
+    import torch
+
     digest = hashlib.sha256()
     for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, component, None)
@@ -300,6 +306,7 @@ def save_pretrained_weights(pipe, path: str | Path, meta: dict | None = None) ->
     """Write the SD 1.x pipeline's UNet, VAE and text encoder as one fp16 safetensors file (the shipped form)."""
     import json
 
+    import torch
     from safetensors.torch import save_file
 
     tensors = {}
