@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from pool_loras import write_lora
 
+from trainer.errors import LoraFileError
 from trainer.generate import AdapterPool, compose_grid
 from trainer.generate.grid import cell_box
 
@@ -45,6 +46,29 @@ def test_a_bad_lora_exits_non_zero_naming_the_file(tmp_path):
     assert done.returncode != 0
     assert str(bad) in done.stderr and "not a safetensors file" in done.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_a_partial_lora_is_refused_with_its_keys_unless_allowed_in_the_cli_and_the_ui(tiny_pipe, tmp_path):
+    import torch
+
+    from app.generate_tab import add_lora
+    from app.studio import Studio
+
+    extra = {"lora_unet_not_a_block_to_q.lora_down.weight": torch.ones(4, 8),
+             "lora_unet_not_a_block_to_q.lora_up.weight": torch.ones(8, 4)}
+    odd = write_lora(tiny_pipe, tmp_path / "odd.safetensors", seed=2, fmt="kohya", extra=extra)
+    args = ["generate", "--lora", odd, "--prompt", "x", "--steps", 1, "--width", 64, "--height", 64]
+    refused = cli(*args, "--out", tmp_path / "refused.png")
+    assert refused.returncode == 2 and not (tmp_path / "refused.png").exists()
+    assert f"{odd} has 2 keys that match no layer" in refused.stderr and "not.a.block.to_q" in refused.stderr
+    assert "--allow-partial" in refused.stderr
+    allowed = cli(*args, "--allow-partial", "--out", tmp_path / "allowed.png")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "warning:" in allowed.stderr and "2 keys match no layer" in allowed.stderr
+    studio = Studio(tmp_path / "home")
+    with pytest.raises(LoraFileError, match="has 2 keys that match no layer"):
+        add_lora(studio, str(odd), "odd")  # the tab shows this message as its "**Error:**" line
+    assert "odd" not in studio.lora_files()
 
 
 def test_grid_command_lays_strengths_across_and_prompts_down(lora, tmp_path):

@@ -14,12 +14,15 @@ from pathlib import Path
 import pytest
 from uiserver import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, start_server, stop_server
 
-# A missing browser fails CI rather than skipping: .ci/run installs chromium or stops.
-if not Path(CHROMIUM).exists():
-    raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)")
-
 EXAMPLE = ROOT / "datasets" / "example"
 WAIT_MS = 180_000
+
+
+@pytest.fixture(autouse=True)
+def _chromium():
+    """A missing browser fails each browser test (not a skip, and not a collection error that stops the run)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (.ci/run does)", pytrace=False)
 
 
 def pick(page, elem_id: str, value: str) -> None:
