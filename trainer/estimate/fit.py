@@ -23,7 +23,7 @@ def parse_size(text: str) -> int:
     """`8GB`, `7.5 GiB`, `12000MB` in bytes. GB means GiB, as graphics cards are sold ("an 8 GB card")."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
     if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
-        raise StudioError(f"is not a memory size", where=repr(text), fix="Write it like 8GB, 24GiB or 7500MB.")
+        raise StudioError("is not a memory size", where=repr(text), fix="Write it like 8GB, 24GiB or 7500MB.")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
