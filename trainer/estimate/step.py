@@ -20,6 +20,7 @@ fragmentation, the text cache (77 tokens per distinct caption) and sample render
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -73,10 +74,29 @@ def step_settings(config: TrainConfig, spec: ModelSpec, optimizer: str = "adamw"
 def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str = "adamw",
                   spec: ModelSpec | None = None) -> Estimate:
     """Estimate one training step of `config` (see the module docstring); `spec` skips re-reading configs."""
-    from trainer.network import add_lora, trainable_parameters
-
     spec = spec or model_spec(config.model, family)
     settings = step_settings(config, spec, optimizer)
+    net = config.network
+    key = json.dumps([spec.source, {k: v for k, v in settings.items() if k != "optimizer"}, net.dropout,
+                      net.use_dora, net.use_rslora], sort_keys=True)
+    if key not in _TRACED:
+        _TRACED[key] = _measure(config, spec, settings)
+    weights, counts, traced_peak, forward_bytes, traced_grads = _TRACED[key]
+    return Estimate(
+        parts={"weights": weights, "lora": counts["lora"] * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer]),
+               "activations": forward_bytes, "workspace": max(traced_peak - forward_bytes - traced_grads, 0)},
+        settings=settings, parameters=dict(counts), source=spec.source)
+
+
+_TRACED: dict[str, tuple] = {}
+"""Traces by (model, memory settings): `fit` and the UI ask again for settings already traced."""
+
+
+def _measure(config: TrainConfig, spec: ModelSpec, settings: dict) -> tuple:
+    """Build the meta model with LoRA, count its weights and trace a step: (weights, counts, peak, forward,
+    LoRA gradient bytes)."""
+    from trainer.network import add_lora, trainable_parameters
+
     compute = DTYPES[settings["mixed_precision"]]
     parts = build_meta(spec)
     pipe = SimpleNamespace(**parts, tokenizer=_Tokenizer(), tokenizer_2=_Tokenizer())
@@ -88,14 +108,10 @@ def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str
         dtype = spec.family.vae_dtype(SimpleNamespace(config=spec.vae), compute) if name == "vae" else compute
         module.to(dtype)
         weights += sum(t.numel() * t.element_size() for t in module_tensors(module) if not t.requires_grad)
-    lora_count = sum(p.numel() for p in params)
-    traced_peak, forward_bytes, traced_grads = _trace(base, settings, compute)
     counts = {name: parameter_count(m) - sum(p.numel() for p in m.parameters() if p.requires_grad)
               for name, m in parts.items()}
-    return Estimate(
-        parts={"weights": weights, "lora": lora_count * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer]),
-               "activations": forward_bytes, "workspace": max(traced_peak - forward_bytes - traced_grads, 0)},
-        settings=settings, parameters={**counts, "lora": lora_count}, source=spec.source)
+    counts["lora"] = sum(p.numel() for p in params)
+    return (weights, counts, *_trace(base, settings, compute))
 
 
 def _trace(base, settings: dict, compute: torch.dtype) -> tuple[int, int, int]:
