@@ -128,7 +128,7 @@ def test_out_of_memory_mid_run_fails_with_the_estimate_and_keeps_the_checkpoint(
     config = quick_config(**{"train.save_every": 1, "train.steps": 6})
     handle = torch.nn.modules.module.register_module_forward_pre_hook(out_of_memory_in_step_3)
     try:
-        with pytest.raises(TrainingError, match="ran out of GPU memory") as caught:
+        with pytest.raises(TrainingError, match="(?i)ran out of GPU memory") as caught:
             train(config, on_event=events.append, workdir=tmp_path / "run")
     finally:
         handle.remove()
@@ -151,3 +151,24 @@ def test_oom_advice_with_a_device_size_names_the_settings_that_fit(tiny_spec):
                                             "train.gradient_checkpointing": True}), spec=tiny_spec).peak_bytes
     advice = oom_advice(config, (plain + checkpointed) // 2)
     assert "set: train.gradient_checkpointing = true, then resume" in advice
+
+
+def test_train_tab_estimate_line_follows_the_form(tmp_path):
+    import re
+
+    from app.train_tab import MEMORY_FIELDS, estimate_text
+
+    values = {"model.base_model": "tiny", "data.resolution": "128", "train.batch_size": 1,
+              "train.mixed_precision": "no"}
+    assert set(values) <= set(MEMORY_FIELDS)
+
+    def mib(text):
+        number, unit = re.search(r"\*\* ([0-9.]+) (MiB|GiB) per step", text).groups()
+        return float(number) * (1024 if unit == "GiB" else 1)
+
+    one = estimate_text(values, tmp_path)
+    four = estimate_text({**values, "train.batch_size": 4}, tmp_path)
+    assert "activations" in one and "no GPU found" in one
+    assert mib(four) > mib(one)
+    bad = estimate_text({**values, "train.batch_size": 0}, tmp_path)
+    assert "not available" in bad and "train.batch_size must be >= 1" in bad

@@ -63,3 +63,11 @@ def out_of_memory_error(config: TrainConfig, device) -> TrainingError:
         logging.getLogger(__name__).warning("no memory estimate for the out-of-memory report: %s", err)
         fix = FALLBACK_FIX
     return TrainingError("ran out of GPU memory", fix=fix)
+
+
+def accelerator_memory() -> dict | None:
+    """The first CUDA device's name and free / total bytes (for the UI), or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return {"name": torch.cuda.get_device_name(), "free": free, "total": total}

@@ -106,7 +106,7 @@ def _measure(config: TrainConfig, spec: ModelSpec, settings: dict) -> tuple:
     weights = 0
     for name, module in parts.items():
         dtype = spec.family.vae_dtype(SimpleNamespace(config=spec.vae), compute) if name == "vae" else compute
-        module.to(dtype)
+        torch.nn.Module.to(module, dtype)  # diffusers' own `to` warns about casting, which is what we want
         weights += sum(t.numel() * t.element_size() for t in module_tensors(module) if not t.requires_grad)
     counts = {name: parameter_count(m) - sum(p.numel() for p in m.parameters() if p.requires_grad)
               for name, m in parts.items()}
