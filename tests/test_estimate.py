@@ -172,3 +172,23 @@ def test_train_tab_estimate_line_follows_the_form(tmp_path):
     assert mib(four) > mib(one)
     bad = estimate_text({**values, "train.batch_size": 0}, tmp_path)
     assert "not available" in bad and "train.batch_size must be >= 1" in bad
+
+
+def test_estimate_command_reads_the_config_and_flags_and_fits(tmp_path, capsys):
+    from trainer.cli import main
+
+    (tmp_path / "run.toml").write_text('[train]\nbatch_size = 4\nmixed_precision = "no"\n[data]\nresolution = 256\n')
+    assert main(["estimate", "--config", str(tmp_path / "run.toml"), "--json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert from_file["settings"]["batch_size"] == 4 and from_file["settings"]["resolution"] == 256
+    assert from_file["peak_bytes"] == sum(from_file["parts"].values())
+    assert main(["estimate", "--config", str(tmp_path / "run.toml"), "--batch-size", "1",
+                 "--gradient-checkpointing", "--json"]) == 0
+    flagged = json.loads(capsys.readouterr().out)
+    assert flagged["settings"]["gradient_checkpointing"] and flagged["peak_bytes"] < from_file["peak_bytes"]
+    budget = (from_file["peak_bytes"] + flagged["peak_bytes"]) // 2
+    assert main(["estimate", "--config", str(tmp_path / "run.toml"), "--fit", f"{budget}B"]) == 0
+    text = capsys.readouterr().out
+    assert "peak" in text and "set:\n  train.gradient_checkpointing = true" in text
+    assert main(["estimate", "--fit", "lots"]) == 2
+    assert "Write it like 8GB" in capsys.readouterr().err
