@@ -192,3 +192,21 @@ def test_estimate_command_reads_the_config_and_flags_and_fits(tmp_path, capsys):
     assert "peak" in text and "set:\n  train.gradient_checkpointing = true" in text
     assert main(["estimate", "--fit", "lots"]) == 2
     assert "Write it like 8GB" in capsys.readouterr().err
+
+
+def test_the_traced_attention_leaves_real_attention_alone_and_skips_the_matrix():
+    import torch
+    import torch.nn.functional as F
+
+    from trainer.estimate.tracker import PeakTracker, fused_attention
+
+    q = torch.randn(1, 2, 64, 16)
+    expected = F.scaled_dot_product_attention(q, q, q)
+    with fused_attention():  # a preview in another thread computes exactly as before
+        assert torch.equal(F.scaled_dot_product_attention(q, q, q), expected)
+    assert F.scaled_dot_product_attention.__module__ != "trainer.estimate.tracker"
+    meta = torch.empty(1, 8, 4096, 40, device="meta", requires_grad=True)
+    with PeakTracker() as tracker, fused_attention():
+        out = F.scaled_dot_product_attention(meta, meta, meta)
+    # output (+ a float32 log-sum-exp per row), never the 8 x 4096 x 4096 attention matrix (512 MiB)
+    assert out.shape == meta.shape and tracker.peak < 8 * 4096 * 4096 * 4 / 16

@@ -14,6 +14,7 @@ go, so the peak includes transients (an op's output freed a line later) as well 
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Iterable
 
@@ -60,7 +61,14 @@ def module_tensors(*modules: torch.nn.Module) -> list[torch.Tensor]:
     return [t for m in modules for t in (*m.parameters(), *m.buffers())]
 
 
-def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+_SDPA = F.scaled_dot_product_attention
+_lock = threading.Lock()
+_users = 0
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    if query.device.type != "meta":  # another thread's real attention (a UI preview) runs as it always does
+        return _SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, **kwargs)
     # The memory-efficient kernel keeps the output and a log-sum-exp per row, not the L x L matrix.
     return torch.ops.aten._scaled_dot_product_efficient_attention(
         query, key, value, attn_mask, True, dropout_p, is_causal, scale=scale)[0]
@@ -73,9 +81,14 @@ def fused_attention():
     On the meta device `scaled_dot_product_attention` falls back to its math form, which materialises
     (and saves for backward) the whole attention matrix: gigabytes no real training step allocates.
     """
-    original = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _fused_sdpa
+    global _users
+    with _lock:  # two estimates at once (UI threads) share the patch; the last one out removes it
+        _users += 1
+        F.scaled_dot_product_attention = _fused_sdpa
     try:
         yield
     finally:
-        F.scaled_dot_product_attention = original
+        with _lock:
+            _users -= 1
+            if _users == 0:
+                F.scaled_dot_product_attention = _SDPA
