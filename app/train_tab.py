@@ -21,6 +21,10 @@ from trainer.errors import StudioError
 REFRESH_S = 2.0
 LOG_LINES = 14
 JOB_HEADERS = ["id", "name", "status", "step", "loss", "ETA"]
+MEMORY_FIELDS = ("model.base_model", "data.resolution", "network.rank", "network.dropout", "network.train_text_encoder",
+                 "train.batch_size", "train.mixed_precision", "train.gradient_checkpointing", "data.shuffle_tags",
+                 "data.caption_dropout")
+"""Form fields the memory estimate depends on; a change to any of them re-estimates."""
 
 
 def start_job(studio: Studio, values: dict[str, Any], dataset: str) -> str:
@@ -32,6 +36,28 @@ def start_job(studio: Studio, values: dict[str, Any], dataset: str) -> str:
     config = forms.values_to_config(values, studio.home, dataset=dataset)
     studio.yield_gpu()  # the job gets the whole GPU: a preview pool sitting there steps aside first
     return studio.supervisor.submit(config)
+
+
+def estimate_text(values: dict[str, Any], home: Path) -> str:
+    """One Markdown line: the estimated peak memory of a step for the form's settings, and whether it fits the
+    GPU (trainer.estimate traces the model's architecture; traces are reused, so a setting seen before is instant)."""
+    from trainer.estimate import estimate_step, format_bytes
+    from trainer.estimate.oom import accelerator_memory
+
+    try:
+        est = estimate_step(forms.values_to_config(values, home))
+    except StudioError as err:
+        return f"**Memory estimate:** not available ({err})"
+    parts = ", ".join(f"{name} {format_bytes(size)}" for name, size in est.parts.items())
+    line = f"**Memory estimate:** {format_bytes(est.peak_bytes)} per step ({parts})"
+    device = accelerator_memory()
+    if device is None:
+        return line + "; no GPU found (training runs on the CPU)."
+    line += f"; {device['name']}: {format_bytes(device['free'])} free of {format_bytes(device['total'])}"
+    if est.peak_bytes > device["free"]:
+        line += (" — **does not fit**: turn on gradient checkpointing, lower the batch size or resolution "
+                 "(`lora-studio estimate --fit` says which fits)")
+    return line + "."
 
 
 def fmt_eta(seconds: Any) -> str:
@@ -121,6 +147,8 @@ def build(studio: Studio) -> dict[str, Any]:
             c["fields"]["model.base_model"].value = studio.base_model
             c["start"] = gr.Button("Start training", variant="primary", elem_id="train-start")
             c["message"] = gr.Markdown(elem_id="train-message")
+            c["estimate"] = gr.Markdown("**Memory estimate:** change a setting to estimate the peak memory.",
+                                        elem_id="train-estimate")
         with gr.Column(scale=3):
             c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs", elem_id="train-jobs")
             c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job", allow_custom_value=True)
@@ -223,6 +251,10 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         list(fields.values()),
         api_name=False,
     )
+    memory = [fields[key] for key in MEMORY_FIELDS]
+    for component in memory:
+        component.change(lambda *v: estimate_text(dict(zip(MEMORY_FIELDS, v, strict=True)), studio.home), memory,
+                         c["estimate"], api_name=False, trigger_mode="always_last")
     for event in (c["dataset"].focus, c["dataset"].change):
         event(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
     c["on_load"] = (

@@ -100,8 +100,11 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
         emit(Failed(error=str(err), advice=err.fix or ""))
         raise
     except torch.cuda.OutOfMemoryError as err:
-        failure = TrainingError("ran out of GPU memory", fix="Lower train.batch_size or data.resolution, or set "
-                                "train.gradient_checkpointing = true.")
+        from trainer.estimate.oom import out_of_memory_error
+
+        # The step's tensors go with the traceback's frames; the advice is the estimate and what would fit.
+        err.__traceback__ = None
+        failure = out_of_memory_error(config, accelerator.device)
         emit(Failed(error=str(failure), advice=failure.fix or ""))
         raise failure from err
 

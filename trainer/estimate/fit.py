@@ -1,0 +1,87 @@
+"""Which settings would fit a given memory: cheaper settings tried in order, each re-estimated.
+
+    found = fit_settings(config, parse_size("8GB"))
+    found.changes       # ["train.gradient_checkpointing = true", "train.batch_size = 1"]; None when none fits
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from trainer.config import TrainConfig
+from trainer.errors import StudioError
+from trainer.estimate.build import model_spec
+from trainer.estimate.step import Estimate, estimate_step, with_settings
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
+MIN_RESOLUTION = 256
+
+
+def parse_size(text: str) -> int:
+    """`8GB`, `7.5 GiB`, `12000MB` in bytes. GB means GiB, as graphics cards are sold ("an 8 GB card")."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    if not match or match.group(2).lower() not in _UNITS or float(match.group(1)) <= 0:
+        raise StudioError("is not a memory size", where=repr(text), fix="Write it like 8GB, 24GiB or 7500MB.")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_bytes(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
+
+
+@dataclass
+class FitResult:
+    """The estimate as configured and, when it does not fit, the first combination of changes that does."""
+
+    budget: int
+    original: Estimate
+    changes: list[str] | None = field(default_factory=list)
+    """Settings to change (dotted field = value), [] when the run fits as it is, None when nothing tried fits."""
+    fitted: Estimate | None = None
+    tried: list[tuple[list[str], int]] = field(default_factory=list)
+    """Each combination tried and its peak."""
+
+
+def _steps(config: TrainConfig, resolution: int):
+    """(change for the config, the line the user sets, an optimizer name or None) in the order to try them."""
+    yield {"gradient_checkpointing": True}, "train.gradient_checkpointing = true", None
+    if config.train.batch_size > 1:
+        yield {"batch_size": 1}, "train.batch_size = 1", None
+    if config.network.train_text_encoder or config.data.shuffle_tags or config.data.caption_dropout:
+        yield ({"train_text_encoder": False}, "network.train_text_encoder = false, data.shuffle_tags = false, "
+               "data.caption_dropout = 0 (cached text)", None)
+    yield {}, "8-bit Adam (bitsandbytes AdamW8bit; not yet a train setting)", "adamw8bit"
+    while resolution > MIN_RESOLUTION:
+        resolution = max(MIN_RESOLUTION, (resolution * 3 // 4) // 64 * 64)
+        yield {"resolution": resolution}, f"data.resolution = {resolution}", None
+
+
+def fit_settings(config: TrainConfig, budget: int, family: str | None = None,
+                 optimizer: str = "adamw") -> FitResult:
+    """Add cheaper settings one at a time (gradient checkpointing, batch 1, cached text, 8-bit Adam, then
+    lower resolutions) until the estimate fits `budget`; the first combination that fits is the answer."""
+    spec = model_spec(config.model, family)
+    original = estimate_step(config, optimizer=optimizer, spec=spec)
+    result = FitResult(budget, original)
+    if original.peak_bytes <= budget:
+        return result
+    changes: list[str] = []
+    current, current_optimizer = config, optimizer
+    resolution = original.settings["resolution"]
+    for change, line, new_optimizer in _steps(config, resolution):
+        if change.get("gradient_checkpointing") and config.train.gradient_checkpointing:
+            continue
+        current = with_settings(current, **change)
+        current_optimizer = new_optimizer or current_optimizer
+        if new_optimizer == optimizer:
+            continue
+        changes.append(line)
+        est = estimate_step(current, optimizer=current_optimizer, spec=spec)
+        result.tried.append((list(changes), est.peak_bytes))
+        if est.peak_bytes <= budget:
+            result.changes, result.fitted = changes, est
+            return result
+    result.changes = None
+    return result
