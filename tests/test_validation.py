@@ -149,13 +149,19 @@ def test_bad_validation_settings_name_the_fields(overrides, field):
         load_config(None, overrides)
 
 
-def test_a_fraction_that_holds_out_nothing_is_refused(four_images):
+def test_a_small_fraction_holds_out_one_image_and_a_single_image_cannot_be_split(four_images, tmp_path):
     from trainer.data import check_dataset
     from trainer.validation import split_items
 
     config = load_config(None, {"data.path": str(four_images), "data.validation_fraction": 0.1,
                                 "train.validate_every": 5})
-    with pytest.raises(ConfigError, match="holds out 0"):
+    items, held_out = split_items(check_dataset(config)[0], config)
+    assert (len(items), len(held_out)) == (3, 1)
+    for suffix in (".png", ".txt"):
+        shutil.copy(four_images / f"00{suffix}", tmp_path / f"00{suffix}")
+    config = load_config(None, {"data.path": str(tmp_path), "data.validation_fraction": 0.5,
+                                "train.validate_every": 5})
+    with pytest.raises(ConfigError, match="leaves none to train on"):
         split_items(check_dataset(config)[0], config)
 
 

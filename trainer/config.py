@@ -73,8 +73,8 @@ class DataConfig:
     cache_dir: str = ""
     """Folder for the on-disk latent/text caches; empty keeps caches in memory only."""
     validation_fraction: float = 0.0
-    """Fraction (0..0.5) of the dataset's images held out of training as the validation set, picked with
-    `train.seed`; 0 holds none out. Needs `train.validate_every` > 0."""
+    """Fraction (0..0.5) of the dataset's images held out of training as the validation set (at least one
+    image), picked with `train.seed`; 0 holds none out. Needs `train.validate_every` > 0."""
     validation_dir: str = ""
     """A folder of images (and captions) used as the validation set instead, read like `data.path`."""
 

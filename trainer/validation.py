@@ -36,11 +36,11 @@ def split_items(items: list[DatasetItem], config: TrainConfig) -> tuple[list[Dat
         return items, _folder_items(config)
     if not data.validation_fraction:
         return items, []
-    held = round(len(items) * data.validation_fraction)
-    if held < 1 or held >= len(items):
-        raise ConfigError([f"data.validation_fraction = {data.validation_fraction} of {len(items)} images holds "
-                           f"out {held}: it must hold out at least 1 and leave at least 1 to train on; change "
-                           "data.validation_fraction or add images"])
+    held = max(1, round(len(items) * data.validation_fraction))  # a fraction > 0 holds out at least one
+    if held >= len(items):
+        raise ConfigError([f"data.validation_fraction = {data.validation_fraction} of {len(items)} image(s) holds "
+                           f"out {held} and leaves none to train on: add images, or set "
+                           "data.validation_fraction = 0 and train.validate_every = 0"])
     ordered = sorted(items, key=lambda item: str(item.image_path))
     random.Random(config.train.seed).shuffle(ordered)
     held_out = {str(item.image_path) for item in ordered[:held]}
