@@ -173,3 +173,29 @@ def test_a_validation_folder_is_read_like_the_dataset(four_images, example_datas
                                 "train.validate_every": 5})
     items, held_out = split_items(check_dataset(config)[0], config)
     assert len(items) == 4 and len(held_out) == len(list(example_dataset.glob("*.png")))
+
+
+def test_a_job_logs_validation_and_its_views_show_the_best_step(four_images, tmp_path, monkeypatch):
+    """A real runner process: events.jsonl carries the checks, `jobs show` the best step, the Train tab
+    plots the validation series beside the training loss."""
+    from app.studio import Studio
+    from app.train_tab import job_view
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    config = load_config(None, {**OVERFIT, "data.path": str(four_images), "train.steps": 8,
+                                "train.validate_every": 4, "train.save_every": 0})
+    studio = Studio(tmp_path / "home")
+    sup = studio.supervisor
+    job_id = sup.submit(config)
+    job = sup.wait(job_id, timeout=300)
+    assert job["status"] == "done", job["error"]
+    checks = [e for e in sup.events(job_id) if e["kind"] == "validation"]
+    assert [e["step"] for e in checks] == [4, 8]
+    best = min(checks, key=lambda e: e["loss"])
+    assert job["best_step"] == best["step"] and job["validation_loss"] == checks[-1]["loss"]
+    assert any(p.endswith("val.best.safetensors") for p in job["outputs"])
+    view = job_view(studio, job_id)
+    frame = view["loss"]
+    assert sorted(set(frame["series"])) == ["training", "validation"]
+    assert list(frame[frame["series"] == "validation"]["step"]) == [4, 8]
+    assert f"best step {best['step']}" in view["status"]
