@@ -47,7 +47,7 @@ def overfit(tmp_path_factory, four_images):
 
 def test_validation_images_are_held_out_of_training(overfit, four_images):
     from trainer.data import check_dataset
-    from trainer.validation import split_items
+    from trainer.data.split import split_items
 
     config, _, events = overfit
     started = next(e for e in events if e.kind == "started")
@@ -116,9 +116,10 @@ def test_validation_loss_is_the_same_number_when_computed_twice(four_images):
     from diffusers import DDPMScheduler
 
     from trainer.data import check_dataset
+    from trainer.data.split import split_items
     from trainer.models import load_base
     from trainer.network import add_lora
-    from trainer.validation import Validator, split_items
+    from trainer.validation import Validator
 
     config = load_config(None, {**OVERFIT, "data.path": str(four_images)})
     _, held_out = split_items(check_dataset(config)[0], config)
@@ -151,7 +152,7 @@ def test_bad_validation_settings_name_the_fields(overrides, field):
 
 def test_a_small_fraction_holds_out_one_image_and_a_single_image_cannot_be_split(four_images, tmp_path):
     from trainer.data import check_dataset
-    from trainer.validation import split_items
+    from trainer.data.split import split_items
 
     config = load_config(None, {"data.path": str(four_images), "data.validation_fraction": 0.1,
                                 "train.validate_every": 5})
@@ -167,7 +168,7 @@ def test_a_small_fraction_holds_out_one_image_and_a_single_image_cannot_be_split
 
 def test_a_validation_folder_is_read_like_the_dataset(four_images, example_dataset):
     from trainer.data import check_dataset
-    from trainer.validation import split_items
+    from trainer.data.split import split_items
 
     config = load_config(None, {"data.path": str(four_images), "data.validation_dir": str(example_dataset),
                                 "train.validate_every": 5})

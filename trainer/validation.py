@@ -1,6 +1,6 @@
 """Validation: a held-out image set scored at fixed timesteps with fixed noise, and the best step kept.
 
-    train_items, held_out = split_items(items, config)          # data.validation_fraction / validation_dir
+    train_items, held_out = split_items(items, config)          # trainer/data/split.py
     validator = Validator.build(base, held_out, config, ...)     # None when train.validate_every is 0
     if validator.due(step):
         stop_early = validator.check(accelerator, unet, step, emit, export_best)
@@ -16,7 +16,6 @@ the same number and take the same early-stop decision.
 from __future__ import annotations
 
 import dataclasses
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,36 +25,9 @@ import torch.nn.functional as F
 
 from trainer.config import TrainConfig
 from trainer.data import DatasetItem
-from trainer.errors import ConfigError
+from trainer.data.split import split_items
 
-
-def split_items(items: list[DatasetItem], config: TrainConfig) -> tuple[list[DatasetItem], list[DatasetItem]]:
-    """(training items, validation items): a seeded fraction held out, or the `data.validation_dir` folder."""
-    data = config.data
-    if data.validation_dir.strip():
-        return items, _folder_items(config)
-    if not data.validation_fraction:
-        return items, []
-    held = max(1, round(len(items) * data.validation_fraction))  # a fraction > 0 holds out at least one
-    if held >= len(items):
-        raise ConfigError([f"data.validation_fraction = {data.validation_fraction} of {len(items)} image(s) holds "
-                           f"out {held} and leaves none to train on: add images, or set "
-                           "data.validation_fraction = 0 and train.validate_every = 0"])
-    ordered = sorted(items, key=lambda item: str(item.image_path))
-    random.Random(config.train.seed).shuffle(ordered)
-    held_out = {str(item.image_path) for item in ordered[:held]}
-    return ([item for item in items if str(item.image_path) not in held_out],
-            [item for item in items if str(item.image_path) in held_out])
-
-
-def _folder_items(config: TrainConfig) -> list[DatasetItem]:
-    """The validation folder's items, checked by the same dataset doctor as the training set."""
-    from trainer.data import DatasetRefused, doctor
-
-    report = doctor(config.data.validation_dir, config)
-    if not report.ok:
-        raise DatasetRefused(report)
-    return report.items
+__all__ = ["BestTracker", "Validator", "best_name", "best_paths", "split_items", "validation_timesteps"]
 
 
 def validation_timesteps(count: int, num_train_timesteps: int) -> list[int]:
@@ -155,7 +127,7 @@ class Validator:
         return float(summed[0] / summed[1])
 
     def _image_loss(self, model, index: int) -> float:
-        """One image's loss summed over the fixed timesteps (each its own seeded latent draw and noise)."""
+        """One image's loss: the mean over the fixed timesteps (each its own seeded latent draw and noise)."""
         base, seed = self.examples.base, self.config.train.seed
         count = len(self.timesteps)
         generators = [torch.Generator().manual_seed(seed * 1_000_003 + index * 1_009 + k) for k in range(count)]
@@ -165,13 +137,12 @@ class Validator:
         timesteps = torch.tensor(self.timesteps, device=latents.device).long()
         scheduler = self.noise_scheduler
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = scheduler.get_velocity(latents, noise, timesteps) if base.prediction_type == "v_prediction" \
-            else noise
+        v_prediction = base.prediction_type == "v_prediction"
+        target = scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
         unet_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
         kwargs = base.family.unet_kwargs({k: v.to(unet_dtype) for k, v in text.items()}, sizes)
         prediction = model(noisy.to(unet_dtype), timesteps, **kwargs).sample
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3)).sum().item() \
-            / count
+        return F.mse_loss(prediction.float(), target.float()).item()  # equal-sized rows: the mean of the means
 
 
 def best_name(config: TrainConfig) -> str:
