@@ -200,3 +200,34 @@ def test_a_job_logs_validation_and_its_views_show_the_best_step(four_images, tmp
     assert sorted(set(frame["series"])) == ["training", "validation"]
     assert list(frame[frame["series"] == "validation"]["step"]) == [4, 8]
     assert f"best step {best['step']}" in view["status"]
+
+
+def test_two_processes_score_the_validation_set_like_one(example_dataset, tmp_path):
+    """Through the CLI's flags under `--num-processes 2`: each rank scores its share of the 3 held-out images
+    (2 and 1) and the reduced loss matches one process at the same global batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    flags = ["--data", str(example_dataset), "--resolution", "64", "--steps", "2", "--validation-fraction", "0.25",
+             "--validate-every", "1"]
+    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "train", *flags, "--batch-size", "1",
+                           "--num-processes", "2", "--output", str(tmp_path / "two"), "--events",
+                           str(tmp_path / "events.jsonl")], env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = [(e["step"], e["loss"]) for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+           if e["kind"] == "validation"]
+    config = load_config(None, {"data.path": str(example_dataset), "data.resolution": 64, "train.steps": 2,
+                                "train.batch_size": 2, "data.validation_fraction": 0.25, "train.validate_every": 1,
+                                "train.log_with": "none", "export.output_dir": str(tmp_path / "one")})
+    events = []
+    train(config, on_event=events.append)
+    one = validations(events)
+    assert [s for s, _ in two] == [s for s, _ in one] == [1, 2]
+    assert next(e for e in events if e.kind == "started").num_validation == 3
+    for (_, a), (_, b) in zip(two, one, strict=True):
+        assert abs(a - b) <= 1e-4 * abs(b), (two, one)
