@@ -74,6 +74,11 @@ ADVANCED = (
     Field("data.shuffle_tags", "Shuffle caption tags"),
     Field("data.caption_dropout", "Caption dropout", minimum=0, maximum=1, step=0.05),
     Field("export.dtype", "Saved tensor type", choices=("float16", "bfloat16", "float32")),
+    Field("data.validation_fraction", "Validation: fraction of images held out", minimum=0, maximum=0.5,
+          step=0.05),
+    Field("train.validate_every", "Validation loss every N steps (0 = off)"),
+    Field("train.validation_timesteps", "Validation timesteps per image"),
+    Field("train.early_stop_patience", "Early stop after N checks without improvement (0 = off)"),
 )
 ALL_FIELDS = ESSENTIALS + SAMPLES + ADVANCED
 
@@ -97,6 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sample.every_n_steps": 250,
         "data.flip": True,
         "train.min_snr_gamma": 5.0,
+        "data.validation_fraction": 0.1,
+        "train.validate_every": 100,
     },
     "Character": {
         "train.steps": 1200,
@@ -109,6 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data.flip": False,
         "data.shuffle_tags": True,
         "train.min_snr_gamma": 5.0,
+        "data.validation_fraction": 0.1,
+        "train.validate_every": 100,
     },
 }
 """Overrides on the defaults; a preset only sets what it names."""

@@ -91,12 +91,20 @@ def job_choices(jobs: list[dict]) -> list[tuple[str, str]]:
     return [(f"{j['id']} · {j.get('name', '')} · {j['status']}", j["id"]) for j in jobs]
 
 
+def loss_frame(events: list[dict]) -> pd.DataFrame:
+    """The loss plot's rows: the training loss every step and the validation loss at each check, one
+    `series` each (the plot draws one line per series)."""
+    series = {"progress": "training", "validation": "validation"}
+    rows = [(e["step"], e["loss"], series[e["kind"]]) for e in events
+            if e.get("kind") in series and e.get("loss") is not None]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+
+
 def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     """Everything the live view shows for one job, from the store and its events log."""
     sup = studio.supervisor
     job = sup.show(job_id)
     events = sup.events(job_id)
-    progress = [e for e in events if e.get("kind") == "progress" and e.get("loss") is not None]
     samples = [e for e in events if e.get("kind") == "sample" and e.get("paths")]
     failed = next((e for e in reversed(events) if e.get("kind") == "failed"), None)
     folder = Path(job["dir"])
@@ -113,6 +121,9 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     )
     if job["status"] == "running" and job.get("eta_s") is not None:
         status += f" · ETA {fmt_eta(job['eta_s'])}"
+    if job.get("best_step"):
+        status += f" · best step {job['best_step']} (validation loss {fmt_loss(job.get('validation_loss'))})" \
+            if job["status"] == "running" else f" · best step {job['best_step']} (`.best.safetensors`)"
     started = next((e for e in reversed(events) if e.get("kind") == "started"), {})
     if started.get("log_dir"):
         status += f"\n\nTensorBoard: `tensorboard --logdir {started['log_dir']}`"
@@ -122,7 +133,7 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
         status += f"\n\n**Error:** {error}" + (f"\n\n{advice}" if advice else "")
     return {
         "status": status,
-        "loss": pd.DataFrame({"step": [e["step"] for e in progress], "loss": [e["loss"] for e in progress]}),
+        "loss": loss_frame(events),
         "samples": [(p, f"step {samples[-1]['step']}") for p in samples[-1]["paths"]] if samples else [],
         "log": sup.log_tail(job_id, lines=LOG_LINES),
         "downloads": downloads,
@@ -153,7 +164,8 @@ def build(studio: Studio) -> dict[str, Any]:
             c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs", elem_id="train-jobs")
             c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job", allow_custom_value=True)
             c["status"] = gr.Markdown(elem_id="train-status")
-            c["loss"] = gr.LinePlot(x="step", y="loss", title="Loss", height=220, elem_id="train-loss")
+            c["loss"] = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=220,
+                                    elem_id="train-loss")
             c["samples"] = gr.Gallery(
                 label="Latest samples", columns=4, height=200, object_fit="contain", elem_id="train-samples"
             )

@@ -46,6 +46,10 @@ class TrainerState:
     micro_step: int
     epoch: int
     config: dict
+    best_step: int = 0
+    """Validation: the best step so far, its loss and the checks since (trainer/validation.py BestTracker)."""
+    best_loss: float | None = None
+    checks_since_best: int = 0
 
 
 def checkpoints_dir(workdir: str | Path) -> Path:

@@ -72,6 +72,11 @@ class DataConfig:
     """Drop images the dataset doctor refuses (and list them) instead of refusing the whole run."""
     cache_dir: str = ""
     """Folder for the on-disk latent/text caches; empty keeps caches in memory only."""
+    validation_fraction: float = 0.0
+    """Fraction (0..0.5) of the dataset's images held out of training as the validation set (at least one
+    image), picked with `train.seed`; 0 holds none out. Needs `train.validate_every` > 0."""
+    validation_dir: str = ""
+    """A folder of images (and captions) used as the validation set instead, read like `data.path`."""
 
 
 @dataclass
@@ -147,6 +152,16 @@ class TrainingConfig:
     """CPU threads per process (torch's intra-op threads), pinned by the CLI and the job runner so a resumed run
     computes like the first. 1 (the default) is the same on every machine and is what each process of a
     multi-GPU run gets anyway; a GPU step does little CPU work. Raise it to train on a CPU; 0 uses every core."""
+    validate_every: int = 0
+    """Compute the validation loss every N steps (and at the last step); 0 turns validation off. Needs a
+    validation set (`data.validation_fraction` or `data.validation_dir`). The best step's LoRA is kept as
+    `<name>.best.safetensors`."""
+    validation_timesteps: int = 4
+    """Timesteps (evenly spaced over the noise schedule, with fixed noise) at which each validation image is
+    scored, so the validation loss changes only when the LoRA does."""
+    early_stop_patience: int = 0
+    """Stop when the validation loss has not improved for this many checks in a row (the best and the last
+    LoRA are exported); 0 turns early stopping off. Needs `train.validate_every` > 0."""
 
 
 @dataclass
@@ -266,11 +281,41 @@ def combination_problems(c: TrainConfig) -> list[str]:
     after the model is read and before anything is on the GPU. Min-SNR with zero terminal SNR is not here:
     the loop weights SNR-0 timesteps as diffusers' scripts do (see `trainer.loop.min_snr_weight`).
     """
-    problems = []
+    problems = validation_problems(c)
     if c.data.keep_tokens and not c.data.shuffle_tags:
         problems.append(f"data.keep_tokens = {c.data.keep_tokens} only keeps tags in place while "
                         "data.shuffle_tags shuffles the rest, and data.shuffle_tags is off: turn "
                         "data.shuffle_tags on, or set data.keep_tokens = 0")
+    return problems
+
+
+def validation_problems(c: TrainConfig) -> list[str]:
+    """The validation settings alone and together (the image counts are checked once the dataset is read)."""
+    data, train = c.data, c.train
+    problems = []
+    if not 0 <= data.validation_fraction <= 0.5:
+        problems.append(f"data.validation_fraction must be in 0..0.5 (0: none held out), got "
+                        f"{data.validation_fraction}")
+    if data.validation_fraction and data.validation_dir.strip():
+        problems.append("data.validation_fraction and data.validation_dir both name a validation set: set "
+                        "data.validation_fraction = 0 to use the folder, or data.validation_dir = '' to hold out "
+                        "a fraction")
+    if train.validate_every < 0:
+        problems.append(f"train.validate_every must be >= 0 (0: off), got {train.validate_every}")
+    if not 1 <= train.validation_timesteps <= 1000:
+        problems.append(f"train.validation_timesteps must be 1..1000, got {train.validation_timesteps}")
+    if train.early_stop_patience < 0:
+        problems.append(f"train.early_stop_patience must be >= 0 (0: off), got {train.early_stop_patience}")
+    has_set = data.validation_fraction > 0 or bool(data.validation_dir.strip())
+    if train.validate_every > 0 and not has_set:
+        problems.append(f"train.validate_every = {train.validate_every} needs a validation set: set "
+                        "data.validation_fraction (like 0.1) or data.validation_dir, or train.validate_every = 0")
+    if has_set and train.validate_every == 0:
+        problems.append("data.validation_fraction or data.validation_dir holds images out of training, but "
+                        "train.validate_every is 0 so they are never scored: set train.validate_every (like 50)")
+    if train.early_stop_patience > 0 and train.validate_every <= 0:
+        problems.append(f"train.early_stop_patience = {train.early_stop_patience} needs the validation loss: "
+                        "set train.validate_every > 0 (with a validation set), or train.early_stop_patience = 0")
     return problems
 
 

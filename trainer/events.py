@@ -35,6 +35,8 @@ class Started(Event):
     skipped: list[str] = field(default_factory=list)
     """Images the dataset doctor refused and `data.skip_bad_images` dropped."""
     num_processes: int = 1
+    num_validation: int = 0
+    """Images held out as the validation set (not trained on); 0 without validation."""
     log_dir: str = ""
     """TensorBoard event files of this run (`tensorboard --logdir …`); empty when logging is off."""
 
@@ -66,11 +68,26 @@ class CheckpointSaved(Event):
 
 
 @dataclass
+class Validation(Event):
+    kind: ClassVar[str] = "validation"
+    step: int
+    loss: float
+    """Mean loss on the validation set at fixed timesteps and noise (trainer/validation.py)."""
+    best_step: int
+    best_loss: float
+
+
+@dataclass
 class Done(Event):
     kind: ClassVar[str] = "done"
     step: int
     outputs: list[str]
     stopped: bool = False
+    best_step: int = 0
+    """The step with the lowest validation loss (exported as `<name>.best.safetensors`); 0 without validation."""
+    best_loss: float | None = None
+    early_stopped: bool = False
+    """True when `train.early_stop_patience` ended the run before `train.steps`."""
 
 
 @dataclass

@@ -86,19 +86,25 @@ def lora_metadata(base, config: TrainConfig, step: int) -> dict[str, str]:
     }
 
 
-def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, step: int) -> list[Path]:
-    """Write both files atomically, then read them back and check that they hold the same LoRA."""
+def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, step: int,
+                name: str | None = None, extra_metadata: dict[str, str] | None = None) -> list[Path]:
+    """Write both files atomically, then read them back and check that they hold the same LoRA.
+
+    `name` replaces `export.name` as the file stem (the best step's `<name>.best`); `extra_metadata` is added
+    to both files' metadata (`ss_best_step`).
+    """
     out_dir = Path(config.export.output_dir)
+    name = name or config.export.name
     dtype = DTYPES[config.export.dtype]
     peft_tensors = {k: v.to(dtype) for k, v in peft_state_dict(base, lora_configs).items()}
     refusal = kohya_refusal(config)
-    metadata = lora_metadata(base, config, step)
+    metadata = {**lora_metadata(base, config, step), **(extra_metadata or {})}
     if refusal:
         warnings.warn(refusal, stacklevel=2)
         metadata["lora_studio_kohya_skipped"] = refusal
 
-    kohya_path = out_dir / f"{config.export.name}.safetensors"
-    peft_path = out_dir / f"{config.export.name}.peft.safetensors"
+    kohya_path = out_dir / f"{name}.safetensors"
+    peft_path = out_dir / f"{name}.peft.safetensors"
     peft_metadata = dict(metadata, format="pt", **adapter_metadata(lora_configs))
 
     with atomic_path(peft_path) as tmp:

@@ -28,6 +28,7 @@ from diffusers.training_utils import compute_snr
 from trainer import checkpoint as ckpt
 from trainer import distributed as dist
 from trainer import tracking
+from trainer import validation as val
 from trainer.config import TrainConfig, save_config, validate
 from trainer.data import check_dataset
 from trainer.errors import StudioError, TrainingError
@@ -69,6 +70,9 @@ class Result:
     final_loss: float
     stopped: bool = False
     losses: list[float] = field(default_factory=list)
+    best_step: int = 0
+    """The step with the lowest validation loss (0 without validation); `early_stopped`: patience ran out."""
+    early_stopped: bool = False
 
 
 def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
@@ -113,6 +117,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     cfg = config.train
     # Check the data before any model loads: the doctor's errors stop the run here, with its report.
     items, report = check_dataset(config)
+    items, held_out = val.split_items(items, config)
     # Likewise a checkpoint this config cannot resume (another world size, another rank…).
     resume_at = ckpt.resolve_resume(resume_from) if resume_from is not None else None
     if resume_at is not None:
@@ -134,6 +139,10 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     # Latents and (static) captions are encoded once, so each step runs only the UNet.
     cache_text = captions_are_static(config.data) and not config.network.train_text_encoder
     examples = ExampleSet(base, items, config.data, resolution, accelerator.device, frozen_dtype, cache_text)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    state = ckpt.read_state(resume_at) if resume_at is not None else None
+    validator = val.Validator.build(base, held_out, config, resolution, accelerator.device, frozen_dtype,
+                                    noise_scheduler, state)
     # From here the VAE only decodes samples: in the compute dtype, which the pipelines upcast where needed.
     pipe.vae.to(dtype=frozen_dtype)
 
@@ -143,7 +152,6 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     models, optimizer, lr_scheduler = prepare_models(accelerator, base, params, optimizer, lr_scheduler)
     unet = models["unet"]
     text_fn = trainable_text_fn(base, models) if config.network.train_text_encoder else None
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # Resume: the newest complete checkpoint restores weights, optimizer, schedule, RNG and data position.
     step, micro_step = 0, 0
@@ -158,15 +166,16 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     emit(Started(total_steps=cfg.steps, start_step=step, device=str(accelerator.device),
                  mixed_precision=accelerator.mixed_precision, cached_text=cache_text, cached_latents=True,
                  num_images=len(items), skipped=[str(p) for p in report.skipped],
-                 num_processes=accelerator.num_processes,
+                 num_processes=accelerator.num_processes, num_validation=len(validator or []),
                  log_dir=tracking.run_log_dir(accelerator, config)))
 
     # The loop: one optimizer step per pass (after gradient accumulation), events, samples, checkpoints.
     world, rank = accelerator.num_processes, accelerator.process_index
     epoch_cache: dict = {}
+    export_best = _best_exporter(base, lora_configs, config)
     losses: list[float] = []
     window: list[float] = []
-    started, start_step, stopped = time.perf_counter(), step, False
+    started, start_step, stopped, early_stopped = time.perf_counter(), step, False, False
     while step < cfg.steps:
         # One global batch per micro-step, shared out over the ranks; noise is keyed by place in the global
         # batch, so N processes × batch B train exactly like 1 process × batch N·B.
@@ -202,23 +211,28 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         tracking.log_progress(accelerator, step, step_loss, lr, rate)
 
         stopped = step < cfg.steps and dist.agree_to_stop(accelerator, should_stop())
+        if validator is not None and validator.due(step):
+            early_stopped = validator.check(accelerator, unet, step, emit, export_best) and step < cfg.steps
         if config.sample.every_n_steps and (step % config.sample.every_n_steps == 0 or step == cfg.steps):
             _samples(accelerator, base, config, examples, workdir, step, resolution, emit)
         if stopped or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps):
-            _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit)
-        if stopped:
+            _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit, validator)
+        if stopped or early_stopped:
             break
 
     # Export the LoRA in both key formats (and the config beside it) from the main process only.
     accelerator.wait_for_everyone()
     dist.write_rank_report(accelerator, _lora_state(base, lora_configs), losses)
     outputs: list[Path] = []
+    tracker = validator.tracker if validator is not None else val.BestTracker()
     if accelerator.is_main_process:
-        outputs = export_lora(base, lora_configs, config, step)
-        outputs.append(Path(config.export.output_dir) / "config.toml")
-    emit(Done(step=step, outputs=[str(p) for p in outputs], stopped=stopped))
+        outputs = _export(base, lora_configs, config, step, tracker.best_step, tracker.best_loss)
+        outputs += val.best_paths(config) + [Path(config.export.output_dir) / "config.toml"]
+    emit(Done(step=step, outputs=[str(p) for p in outputs], stopped=stopped, best_step=tracker.best_step,
+              best_loss=tracker.best_loss, early_stopped=early_stopped))
     accelerator.end_training()
-    return Result(outputs, step, losses[-1] if losses else float("nan"), stopped, losses)
+    return Result(outputs, step, losses[-1] if losses else float("nan"), stopped, losses, tracker.best_step,
+                  early_stopped)
 
 
 def training_step(unet, noise_scheduler, base, latents, text, sizes, config: TrainConfig,
@@ -337,9 +351,24 @@ def _samples(accelerator, base, config, examples, workdir, step, resolution, emi
     emit(SampleSaved(step=step, paths=[str(p) for p in paths]))
 
 
-def _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit) -> None:
+def _export(base, lora_configs, config, step, best_step=0, best_loss=None, as_best=False) -> list[Path]:
+    """The LoRA files at `step` (`as_best`: as `<name>.best.*`); with validation on, the best step and its
+    validation loss go in the metadata (`ss_best_step`)."""
+    meta = {"ss_best_step": str(best_step), "lora_studio_best_validation_loss": repr(best_loss)} \
+        if best_step else None
+    return export_lora(base, lora_configs, config, step, name=val.best_name(config) if as_best else None,
+                       extra_metadata=meta)
+
+
+def _best_exporter(base, lora_configs, config) -> Callable[[int, float], list[Path]]:
+    """`export(step, loss)`: the LoRA as it is now, written as the best step's `<name>.best.*` files."""
+    return lambda step, loss: _export(base, lora_configs, config, step, step, loss, as_best=True)
+
+
+def _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit, validator=None) -> None:
     # Every rank takes part (accelerate saves each rank's RNG state); the main process renames and marks it.
-    state = ckpt.TrainerState(step=step, micro_step=micro_step, epoch=epoch, config=config.to_dict())
+    best = validator.tracker.state() if validator is not None else {}
+    state = ckpt.TrainerState(step=step, micro_step=micro_step, epoch=epoch, config=config.to_dict(), **best)
     path = ckpt.save_checkpoint(accelerator, workdir, state, config.train.keep_last)
     emit(CheckpointSaved(step=step, path=str(path)))
 

@@ -73,6 +73,12 @@ def log_progress(accelerator, step: int, loss: float, lr: float, it_per_s: float
         accelerator.log({"train/loss": loss, "train/learning_rate": lr, "train/it_per_s": it_per_s}, step=step)
 
 
+def log_validation(accelerator, step: int, loss: float) -> None:
+    """The validation loss (trainer/validation.py) as `validation/loss`, beside `train/loss`."""
+    if accelerator.trackers:
+        accelerator.log({"validation/loss": loss}, step=step)
+
+
 def log_samples(accelerator, step: int, paths: list[Path]) -> None:
     """The sample images of a step as one TensorBoard image grid row (wandb gets them as images too)."""
     if not accelerator.trackers or not paths:

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from trainer.config import load_config
-from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started
+from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started, Validation
 
 # flag -> dotted config field; flags override the file.
 FLAG_FIELDS = {
@@ -30,6 +30,11 @@ FLAG_FIELDS = {
     "allow_pickle": "model.allow_pickle",
     "prediction_type": "model.prediction_type",
     "train_text_encoder": "network.train_text_encoder",
+    "validation_fraction": "data.validation_fraction",
+    "validation_dir": "data.validation_dir",
+    "validate_every": "train.validate_every",
+    "validation_timesteps": "train.validation_timesteps",
+    "early_stop_patience": "train.early_stop_patience",
 }
 
 
@@ -60,6 +65,15 @@ def register(subparsers) -> None:
     parser.add_argument("--trigger-word")
     parser.add_argument("--skip-bad-images", action="store_true", default=None,
                         help="drop images the dataset doctor refuses (and list them) instead of stopping")
+    parser.add_argument("--validation-fraction", type=float, metavar="F",
+                        help="hold out this fraction (0..0.5, at least one image) of the dataset as a validation set")
+    parser.add_argument("--validation-dir", metavar="DIR", help="a folder of images to validate on instead")
+    parser.add_argument("--validate-every", type=int, metavar="N",
+                        help="validation loss every N steps (fixed timesteps and noise); the best step's LoRA is "
+                             "kept as <name>.best.safetensors")
+    parser.add_argument("--validation-timesteps", type=int, metavar="N", help="timesteps scored per image (4)")
+    parser.add_argument("--early-stop-patience", type=int, metavar="N",
+                        help="stop after N validation checks without improvement (0: off)")
     parser.add_argument("--resume", metavar="DIR", help="resume from a run folder's newest checkpoint")
     parser.add_argument("--num-processes", type=int, metavar="N",
                         help="train on N processes (GPUs; CPU processes without a GPU) through accelerate")
@@ -200,8 +214,14 @@ class ProgressPrinter:
         elif isinstance(event, (SampleSaved, CheckpointSaved)):
             what = "samples" if isinstance(event, SampleSaved) else "checkpoint"
             self._write(f"step {event.step}: {what} -> {getattr(event, 'path', None) or event.paths[0]}")
+        elif isinstance(event, Validation):
+            self._write(f"step {event.step}: validation loss {event.loss:.4f} (best: step {event.best_step})")
         elif isinstance(event, Done):
-            self._write("stopped; checkpoint written" if event.stopped else "done")
+            self._write("stopped; checkpoint written" if event.stopped else
+                        "early stop: validation loss stopped improving" if event.early_stopped else "done")
+            if event.best_step:
+                self._write(f"best step {event.best_step} (validation loss {event.best_loss:.4f}): "
+                            "<name>.best.safetensors")
         elif isinstance(event, Failed):
             self._write(f"failed: {event.error}")
 

@@ -225,6 +225,7 @@ class Supervisor:
         recent = tail_events(files.events)
         progress = last_event(recent, "progress") or {}
         failed = last_event(recent, "failed") or {}
+        checked = last_event(recent, "validation", "done") or {}  # validation: the best step so far
         running = job["status"] == "running"
         # The DB has the step of the last checkpoint or the finish; the log has the live one.
         step = job["step"] if job["status"] == "done" else progress.get("step", job["step"])
@@ -238,6 +239,8 @@ class Supervisor:
             "lr": progress.get("lr"),
             "it_per_s": progress.get("it_per_s") if running else None,
             "eta_s": progress.get("eta_s") if running else (0.0 if job["status"] == "done" else None),
+            "validation_loss": (last_event(recent, "validation") or {}).get("loss"),
+            "best_step": checked.get("best_step") or None,
             "pid": job["pid"],
             "created": job["created"],
             "updated": job["updated"],
