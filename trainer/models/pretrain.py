@@ -3,7 +3,7 @@
     python tools/pretrain_tiny.py --out runs/pretrain        # VAE, then UNet; resumes where it stopped
 
 Same architecture, key names and size as `tiny-random` (trainer.models.tiny): only weights change. Phases:
-1. VAE: reconstruction (L1 + MSE, a tiny KL) on random 64 px crops of fresh pictures (the VAE is fully
+1. VAE: reconstruction (L1 + MSE, of the posterior mean, a small variance penalty) on random crops of fresh pictures (the VAE is fully
    convolutional; crops make a step 4x cheaper). Its latent scale (`scaling_factor`) is then measured.
 2. UNet: epsilon prediction (the scheduler's), on latents of a fixed set of pictures encoded once, with 10 %
    empty captions so classifier-free guidance works, and an EMA of the weights (what ships).
@@ -40,7 +40,7 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_crop: int = 64
     vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
+    var_weight: float = 1e-2
     unet_steps: int = 1000
     unet_batch: int = 64
     unet_lr: float = 1.5e-3
@@ -100,8 +100,11 @@ def train_vae(vae, cfg: PretrainConfig, out: Path) -> None:
         x0, y0 = rng.randrange(128 - cfg.vae_crop + 1), rng.randrange(128 - cfg.vae_crop + 1)
         batch = to_tensor(images)[:, :, y0:y0 + cfg.vae_crop, x0:x0 + cfg.vae_crop]
         posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + cfg.kl_weight * posterior.kl().mean()
+        # From scratch, sampling drowns the young encoder's small means in unit noise and the VAE learns
+        # nothing for hundreds of steps: decode the mean, and shrink the posterior's variance instead of a KL
+        # (so `latent_dist.sample()` stays close to the mean the UNet is trained on).
+        recon = vae.decode(posterior.mean).sample
+        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + cfg.var_weight * posterior.var.mean()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr)
         opt.zero_grad(set_to_none=True)
@@ -173,8 +176,7 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
     while step < cfg.unet_steps:
         generator = torch.Generator().manual_seed(cfg.seed * 104729 + step)
         picks = torch.randint(0, count, (cfg.unet_batch,), generator=generator)
-        mean, std = data["mean"][picks], data["std"][picks]
-        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * data["scale"]
+        latents = data["mean"][picks] * data["scale"]  # the VAE was trained on its means (see train_vae)
         caption = data["caption_index"][picks].clone()
         caption[torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout] = data["empty"]
         noise = torch.randn(latents.shape, generator=generator)
