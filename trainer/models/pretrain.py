@@ -3,8 +3,9 @@
     python tools/pretrain_tiny.py --out runs/pretrain        # VAE, then UNet; resumes where it stopped
 
 Same architecture, key names and size as `tiny-random` (trainer.models.tiny): only weights change. Phases:
-1. VAE: reconstruction (L1 + MSE, of the posterior mean, a small variance penalty) on random crops of fresh pictures (the VAE is fully
-   convolutional; crops make a step 4x cheaper). Its latent scale (`scaling_factor`) is then measured.
+1. VAE: reconstruction (L1 + MSE, of the posterior mean, a small variance penalty) on random crops of fresh
+   pictures (the VAE is fully convolutional; crops make a step several times cheaper). Its latent scale
+   (`scaling_factor`) is then measured.
 2. UNet: epsilon prediction (the scheduler's), on latents of a fixed set of pictures encoded once, with 10 %
    empty captions so classifier-free guidance works, and an EMA of the weights (what ships).
 The text encoder stays the frozen random one: a random CLIP still gives every token its own embedding, the
