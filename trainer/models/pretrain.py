@@ -222,6 +222,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ema = train_unet(pipe, data, cfg, out)
     pipe.unet.load_state_dict(ema.state_dict())
     pipe.vae.register_to_config(scaling_factor=data["scale"])
-    target = save_pretrained_weights(pipe, out / "tiny-sd15.safetensors", meta=asdict(cfg))
+    meta = {key: value for key, value in asdict(cfg).items() if key != "out"}  # same settings, same bytes
+    target = save_pretrained_weights(pipe, out / "tiny-sd15.safetensors", meta=meta)
     print(f"wrote {target} in {time.time() - started:.0f} s", flush=True)
     return target
