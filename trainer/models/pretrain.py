@@ -42,6 +42,11 @@ class PretrainConfig:
     vae_crop: int = 64
     vae_lr: float = 1e-3
     var_weight: float = 1e-2
+    vae_norm_groups: int = 4
+    """GroupNorm groups of the VAE (a setting, not a weight: every key and shape stays). The random model's 16
+    groups put one channel in each group of the decoder's 16-channel last stage, so `conv_norm_out` normalises
+    every channel of a flat background to zero and the decoder cannot tell a blue background from a red one;
+    4 groups keep 4 channels a group, as SD 1.5's VAE has (32 groups of 128)."""
     unet_steps: int = 1000
     unet_batch: int = 64
     unet_lr: float = 1.5e-3
@@ -204,6 +209,17 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
     return ema
 
 
+def regroup_vae(vae, groups: int):
+    """The same VAE (same weights) with `groups` GroupNorm groups."""
+    from diffusers import AutoencoderKL
+
+    if vae.config.norm_num_groups == groups:
+        return vae
+    regrouped = AutoencoderKL.from_config(vae.config, norm_num_groups=groups)
+    regrouped.load_state_dict(vae.state_dict())
+    return regrouped
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) both phases and write `<out>/tiny-sd15.safetensors`."""
     from trainer.models.tiny import build_tiny_pipeline, save_pretrained_weights
@@ -212,6 +228,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     pipe = build_tiny_pipeline("sd15")  # the random weights: tiny-random
+    pipe.vae = regroup_vae(pipe.vae, cfg.vae_norm_groups)
     pipe.text_encoder.half().float()  # the shipped encoder is fp16: train against exactly its outputs
     pipe.text_encoder.requires_grad_(False)
     started = time.time()

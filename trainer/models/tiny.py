@@ -184,6 +184,11 @@ def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
                              "PRETRAINED_SHA256.")
     with safe_open(str(path), framework="pt") as weights:
         metadata, names = weights.metadata() or {}, list(weights.keys())  # safe_open is not iterable
+        groups = int(metadata.get("vae_norm_num_groups", pipe.vae.config.norm_num_groups))
+        if groups != pipe.vae.config.norm_num_groups:  # a setting of the shipped VAE: no key or shape changes
+            from diffusers import AutoencoderKL
+
+            pipe.vae = AutoencoderKL.from_config(pipe.vae.config, norm_num_groups=groups)
         for component in ("unet", "vae", "text_encoder"):
             module = getattr(pipe, component)
             prefix = component + "."
@@ -307,6 +312,7 @@ def save_pretrained_weights(pipe, path: str | Path, meta: dict | None = None) ->
         for key, tensor in getattr(pipe, component).state_dict().items():
             tensors[f"{component}.{key}"] = tensor.detach().to("cpu", torch.float16).contiguous()
     metadata = {"scaling_factor": repr(float(pipe.vae.config.scaling_factor)),
+                "vae_norm_num_groups": str(int(pipe.vae.config.norm_num_groups)),
                 "pretrain": json.dumps(meta or {}, sort_keys=True)}
     save_file(tensors, str(path), metadata=metadata)
     return Path(path)
