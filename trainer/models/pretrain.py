@@ -3,8 +3,9 @@
     python tools/pretrain_tiny.py --out runs/pretrain        # VAE, then UNet; resumes where it stopped
 
 Same architecture, key names and size as `tiny-random` (trainer.models.tiny): only weights change. Phases:
-1. VAE: reconstruction (L1 + MSE, a tiny KL) on random 64 px crops of fresh pictures (the VAE is fully
-   convolutional; crops make a step 4x cheaper). Its latent scale (`scaling_factor`) is then measured.
+1. VAE: reconstruction (L1 + MSE, of the posterior mean, a small variance penalty) on random crops of fresh
+   pictures (the VAE is fully convolutional; crops make a step several times cheaper). Its latent scale
+   (`scaling_factor`) is then measured.
 2. UNet: epsilon prediction (the scheduler's), on latents of a fixed set of pictures encoded once, with 10 %
    empty captions so classifier-free guidance works, and an EMA of the weights (what ships).
 The text encoder stays the frozen random one: a random CLIP still gives every token its own embedding, the
@@ -40,7 +41,12 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_crop: int = 64
     vae_lr: float = 1e-3
-    kl_weight: float = 1e-6
+    var_weight: float = 1e-2
+    vae_norm_groups: int = 4
+    """GroupNorm groups of the VAE (a setting, not a weight: every key and shape stays). The random model's 16
+    groups put one channel in each group of the decoder's 16-channel last stage, so `conv_norm_out` normalises
+    every channel of a flat background to zero and the decoder cannot tell a blue background from a red one;
+    4 groups keep 4 channels a group, as SD 1.5's VAE has (32 groups of 128)."""
     unet_steps: int = 1000
     unet_batch: int = 64
     unet_lr: float = 1.5e-3
@@ -100,8 +106,11 @@ def train_vae(vae, cfg: PretrainConfig, out: Path) -> None:
         x0, y0 = rng.randrange(128 - cfg.vae_crop + 1), rng.randrange(128 - cfg.vae_crop + 1)
         batch = to_tensor(images)[:, :, y0:y0 + cfg.vae_crop, x0:x0 + cfg.vae_crop]
         posterior = vae.encode(batch).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + cfg.kl_weight * posterior.kl().mean()
+        # From scratch, sampling drowns the young encoder's small means in unit noise and the VAE learns
+        # nothing for hundreds of steps: decode the mean, and shrink the posterior's variance instead of a KL
+        # (so `latent_dist.sample()` stays close to the mean the UNet is trained on).
+        recon = vae.decode(posterior.mean).sample
+        loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + cfg.var_weight * posterior.var.mean()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr)
         opt.zero_grad(set_to_none=True)
@@ -173,8 +182,7 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
     while step < cfg.unet_steps:
         generator = torch.Generator().manual_seed(cfg.seed * 104729 + step)
         picks = torch.randint(0, count, (cfg.unet_batch,), generator=generator)
-        mean, std = data["mean"][picks], data["std"][picks]
-        latents = (mean + std * torch.randn(mean.shape, generator=generator)) * data["scale"]
+        latents = data["mean"][picks] * data["scale"]  # the VAE was trained on its means (see train_vae)
         caption = data["caption_index"][picks].clone()
         caption[torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout] = data["empty"]
         noise = torch.randn(latents.shape, generator=generator)
@@ -201,6 +209,17 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
     return ema
 
 
+def regroup_vae(vae, groups: int):
+    """The same VAE (same weights) with `groups` GroupNorm groups."""
+    from diffusers import AutoencoderKL
+
+    if vae.config.norm_num_groups == groups:
+        return vae
+    regrouped = AutoencoderKL.from_config(vae.config, norm_num_groups=groups)
+    regrouped.load_state_dict(vae.state_dict())
+    return regrouped
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) both phases and write `<out>/tiny-sd15.safetensors`."""
     from trainer.models.tiny import build_tiny_pipeline, save_pretrained_weights
@@ -209,6 +228,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     pipe = build_tiny_pipeline("sd15")  # the random weights: tiny-random
+    pipe.vae = regroup_vae(pipe.vae, cfg.vae_norm_groups)
     pipe.text_encoder.half().float()  # the shipped encoder is fp16: train against exactly its outputs
     pipe.text_encoder.requires_grad_(False)
     started = time.time()
@@ -219,6 +239,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ema = train_unet(pipe, data, cfg, out)
     pipe.unet.load_state_dict(ema.state_dict())
     pipe.vae.register_to_config(scaling_factor=data["scale"])
-    target = save_pretrained_weights(pipe, out / "tiny-sd15.safetensors", meta=asdict(cfg))
+    meta = {key: value for key, value in asdict(cfg).items() if key != "out"}  # same settings, same bytes
+    target = save_pretrained_weights(pipe, out / "tiny-sd15.safetensors", meta=meta)
     print(f"wrote {target} in {time.time() - started:.0f} s", flush=True)
     return target

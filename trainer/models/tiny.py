@@ -171,6 +171,8 @@ def load_tiny_pipeline(name: str = "tiny"):
 
 def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
     """Load a file `save_pretrained_weights` wrote into the SD 1.x pipeline, after checking its SHA-256."""
+    import json
+
     from safetensors import safe_open
 
     from trainer.errors import ModelError
@@ -184,7 +186,13 @@ def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
                          fix="Reinstall LoRA Studio, or regenerate it with tools/pretrain_tiny.py and update "
                              "PRETRAINED_SHA256.")
     with safe_open(str(path), framework="pt") as weights:
-        metadata, names = weights.metadata() or {}, list(weights.keys())  # safe_open is not iterable
+        names = list(weights.keys())  # safe_open is not iterable
+        metadata = json.loads((weights.metadata() or {}).get("lora_studio_tiny", "{}"))
+        groups = int(metadata.get("vae_norm_num_groups", pipe.vae.config.norm_num_groups))
+        if groups != pipe.vae.config.norm_num_groups:  # a setting of the shipped VAE: no key or shape changes
+            from diffusers import AutoencoderKL
+
+            pipe.vae = AutoencoderKL.from_config(pipe.vae.config, norm_num_groups=groups)
         for component in ("unet", "vae", "text_encoder"):
             module = getattr(pipe, component)
             prefix = component + "."
@@ -313,7 +321,9 @@ def save_pretrained_weights(pipe, path: str | Path, meta: dict | None = None) ->
     for component in ("unet", "vae", "text_encoder"):
         for key, tensor in getattr(pipe, component).state_dict().items():
             tensors[f"{component}.{key}"] = tensor.detach().to("cpu", torch.float16).contiguous()
-    metadata = {"scaling_factor": repr(float(pipe.vae.config.scaling_factor)),
-                "pretrain": json.dumps(meta or {}, sort_keys=True)}
+    # One metadata key: safetensors writes several in hash-map order, and the same weights must be the same bytes.
+    settings = {"scaling_factor": float(pipe.vae.config.scaling_factor),
+                "vae_norm_num_groups": int(pipe.vae.config.norm_num_groups), "pretrain": meta or {}}
+    metadata = {"lora_studio_tiny": json.dumps(settings, sort_keys=True)}
     save_file(tensors, str(path), metadata=metadata)
     return Path(path)

@@ -1,0 +1,28 @@
+"""Pretraining the tiny base, run for real at a few steps: deterministic from its seed, resumable, loadable."""
+
+import hashlib
+
+import torch
+
+from trainer.models.pretrain import PretrainConfig, pretrain
+from trainer.models.tiny import build_tiny_pipeline, load_pretrained_weights, weights_hash
+
+QUICK = dict(vae_steps=2, vae_batch=2, vae_crop=32, unet_steps=2, unet_batch=2, pictures=4, checkpoint_every=1)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_same_seed_same_weights_and_a_longer_run_resumes(tmp_path):
+    first = pretrain(PretrainConfig(out=str(tmp_path / "a"), **QUICK))
+    second = pretrain(PretrainConfig(out=str(tmp_path / "b"), **QUICK))
+    assert _sha(first) == _sha(second)
+    random_hash = weights_hash(build_tiny_pipeline("tiny-random"))
+    pipe = load_pretrained_weights(build_tiny_pipeline("tiny-random"), first, _sha(first))
+    assert weights_hash(pipe) != random_hash  # the VAE and UNet moved; the structure is the same
+    longer = pretrain(PretrainConfig(out=str(tmp_path / "a"), **dict(QUICK, unet_steps=3)))
+    state = torch.load(tmp_path / "a" / "unet_state.pt", weights_only=True)
+    assert state["step"] == 3
+    assert torch.load(tmp_path / "a" / "vae_state.pt", weights_only=True)["step"] == 2  # not trained again
+    assert _sha(longer) != _sha(second)
