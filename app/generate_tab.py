@@ -18,13 +18,12 @@ import gradio as gr
 from app.security import SecurityError, inside, safe_name, suggest_name
 from app.studio import Studio
 from app.uploads import forget_uploads
+from trainer.config_checks import MAX_SEED
 from trainer.errors import StudioError
 
 SLOTS = 3
 """LoRA pickers (each with its strength slider) on the tab."""
 MAX_SIDE = 1024
-MAX_SEED = 2**32 - 1
-"""Seeds are 0..2^32-1 (what a torch generator and A1111's seed field take)."""
 
 
 REQUEST_KEYS = {
