@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def example_dataset() -> Path:
     return ROOT / "datasets" / "example"
+
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory, example_dataset) -> Path:
+    """The first two example images with their captions, in a folder of their own (one per test module)."""
+    data = tmp_path_factory.mktemp("two-images")
+    for stem in ("00", "01"):
+        for suffix in (".png", ".txt"):
+            shutil.copy(example_dataset / f"{stem}{suffix}", data / f"{stem}{suffix}")
+    return data
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,6 @@ and the text-encoder halves of the LoRA change the image.
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -27,15 +25,6 @@ PROMPT = "lsstyle, a yellow circle on an orange background"
 VIEW = dict(seed=3, steps=2, guidance=1.0, width=64, height=64, output_type="np")
 TOLERANCE = 0.05
 """The pool may differ from diffusers by at most this fraction of the LoRA's own effect (measured: ~1e-6)."""
-
-
-@pytest.fixture(scope="module")
-def two_images(tmp_path_factory, example_dataset):
-    data = tmp_path_factory.mktemp("matrix-data")
-    for stem in ("00", "01"):
-        for suffix in (".png", ".txt"):
-            shutil.copy(example_dataset / f"{stem}{suffix}", data / f"{stem}{suffix}")
-    return data
 
 
 def _config(data, out, model: str, text_encoder: bool):

@@ -7,7 +7,6 @@ encoders on SDXL) so the `lora_te…` names are checked by diffusers' own loader
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import warnings
@@ -26,15 +25,6 @@ PROMPT = "lsstyle, a yellow circle on an orange background"
 UNET_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 VERSIONS = {"sd15": "sd_v1", "sd2": "sd_v2_768_v", "sdxl": "sdxl_base_v1-0"}
-
-
-@pytest.fixture(scope="module")
-def two_images(tmp_path_factory, example_dataset):
-    data = tmp_path_factory.mktemp("two-images")
-    for stem in ("00", "01"):
-        for suffix in (".png", ".txt"):
-            shutil.copy(example_dataset / f"{stem}{suffix}", data / f"{stem}{suffix}")
-    return data
 
 
 def _base_model_for(family: str, folder) -> str:
