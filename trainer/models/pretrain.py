@@ -111,12 +111,7 @@ def train_vae(vae, cfg: PretrainConfig, out: Path) -> None:
         # (so `latent_dist.sample()` stays close to the mean the UNet is trained on).
         recon = vae.decode(posterior.mean).sample
         loss = F.l1_loss(recon, batch) + F.mse_loss(recon, batch) + cfg.var_weight * posterior.var.mean()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.vae_steps, cfg.vae_lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        _optimizer_step(opt, vae, loss, lr_at(step, cfg.vae_steps, cfg.vae_lr))
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -190,12 +185,7 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         loss = F.mse_loss(unet(noisy, t, data["embeds"][caption]).sample, noise)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.unet_steps, cfg.unet_lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        _optimizer_step(opt, unet, loss, lr_at(step, cfg.unet_steps, cfg.unet_lr))
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
@@ -207,6 +197,16 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
             _save_state(path, model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), step=step)
     bar.close()
     return ema
+
+
+def _optimizer_step(opt, module, loss, lr: float) -> None:
+    """One clipped AdamW step at `lr` (both phases step the same way)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    opt.step()
 
 
 def regroup_vae(vae, groups: int):
