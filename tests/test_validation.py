@@ -13,6 +13,7 @@ from trainer.config import load_config
 from trainer.errors import ConfigError
 from trainer.export import read_lora_metadata
 from trainer.loop import train
+from trainer.precision import pin_threads
 
 OVERFIT = {"data.resolution": 64, "train.steps": 24, "optim.learning_rate": 3e-2, "export.dtype": "float32",
            "data.validation_fraction": 0.25, "train.validate_every": 2, "train.save_every": 12,
@@ -31,8 +32,19 @@ def four_images(tmp_path_factory, example_dataset):
 def run(data, out, **overrides):
     config = load_config(None, {**OVERFIT, "data.path": str(data), "export.output_dir": str(out), **overrides})
     events = []
-    result = train(config, on_event=events.append)
+    result = train_pinned(config, on_event=events.append)
     return config, result, events
+
+
+def train_pinned(config, **kwargs):
+    """train() with the config's thread count pinned, as the CLI and the job runner do: the thread count is part
+    of what makes a run repeat exactly, and which step is best by a small margin depends on it."""
+    threads = torch.get_num_threads()
+    pin_threads(config.train.num_threads)
+    try:
+        return train(config, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def validations(events):
@@ -93,7 +105,7 @@ def test_resume_keeps_the_best_step(overfit, tmp_path):
     shutil.copytree(config.export.output_dir, copy)
     resumed = load_config(None, {**OVERFIT, "data.path": config.data.path, "export.output_dir": str(copy)})
     resumed_events = []
-    again = train(resumed, on_event=resumed_events.append, resume_from=copy / "checkpoints" / "step-12")
+    again = train_pinned(resumed, on_event=resumed_events.append, resume_from=copy / "checkpoints" / "step-12")
     assert validations(resumed_events) == [c for c in validations(events) if c[0] > 12]
     assert again.best_step == result.best_step
     assert resumed_events[-1].best_loss == events[-1].best_loss
