@@ -41,6 +41,7 @@ def measure(model: str, resolution: int, batch: int, checkpointing: bool) -> dic
     from diffusers import DDPMScheduler
 
     from trainer.config import load_config
+    from trainer.examples import TrainBatch
     from trainer.loop import _optimizer, training_step
     from trainer.models import load_base
     from trainer.models.families import ImageSizes
@@ -67,7 +68,7 @@ def measure(model: str, resolution: int, batch: int, checkpointing: bool) -> dic
 
     def step() -> None:
         latents = torch.randn(batch, 4, side, side)
-        loss = training_step(base.pipe.unet, scheduler, base, latents, text, sizes, config)
+        loss = training_step(base.pipe.unet, scheduler, base, TrainBatch(latents, text, sizes), config)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(flat, config.optim.max_grad_norm)
         optimizer.step()

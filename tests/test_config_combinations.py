@@ -53,6 +53,7 @@ def test_min_snr_with_zero_terminal_snr_trains_the_last_timestep(base_model):
     from diffusers import DDPMScheduler
     from diffusers.training_utils import compute_snr
 
+    from trainer.examples import TrainBatch
     from trainer.loop import min_snr_weight, training_step
     from trainer.network import add_lora
 
@@ -71,7 +72,7 @@ def test_min_snr_with_zero_terminal_snr_trains_the_last_timestep(base_model):
     generators = [torch.Generator().manual_seed(_generator_drawing_timestep(latents.shape[1:], 999))]
     text = base.family.encode_text(base.pipe, ["a red square"])
     sizes = ImageSizes([(128, 128)], [(0, 0)], (128, 128))
-    loss = training_step(base.pipe.unet, scheduler, base, latents, text, sizes, config, generators)
+    loss = training_step(base.pipe.unet, scheduler, base, TrainBatch(latents, text, sizes), config, generators)
     assert torch.isfinite(loss), f"loss at timestep 999 is {loss}"
     loss.backward()
     grads = [p.grad for p in base.pipe.unet.parameters() if p.requires_grad]

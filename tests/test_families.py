@@ -85,6 +85,7 @@ def test_v_prediction_target_in_the_training_step_is_the_schedulers_velocity():
     from diffusers import DDPMScheduler
 
     from trainer.config import load_config
+    from trainer.examples import TrainBatch
     from trainer.loop import training_step
 
     base = load_base(ModelConfig(base_model="tiny-sd2"))
@@ -97,7 +98,7 @@ def test_v_prediction_target_in_the_training_step_is_the_schedulers_velocity():
     sizes = ImageSizes([(128, 128)] * 2, [(0, 0)] * 2, (128, 128))
     torch.manual_seed(7)
     with torch.no_grad():
-        loss = training_step(base.pipe.unet, scheduler, base, latents, text, sizes, config)
+        loss = training_step(base.pipe.unet, scheduler, base, TrainBatch(latents, text, sizes), config)
     torch.manual_seed(7)  # the same noise and timesteps, drawn in the same order
     noise = torch.randn_like(latents)
     timesteps = torch.randint(0, 1000, (2,)).long()

@@ -2,7 +2,7 @@
 
     examples = ExampleSet(base, items, config.data, resolution, device)
     batches = examples.epoch_batches(epoch, batch_size, seed)   # pure function of (epoch, seed): resumable
-    latents, text, sizes = examples.batch(batches[0], rng)
+    batch = examples.batch(batches[0], rng)           # TrainBatch: latents, text, sizes (+ loss weights)
 
 The VAE's latent distribution (mean and std) is cached per image, and a fresh latent is drawn from it every
 step with the global RNG, so caching changes neither the training signal nor the ability to resume exactly.
@@ -44,6 +44,20 @@ class Example:
     flipped_std: torch.Tensor | None = None
 
 
+@dataclass
+class TrainBatch:
+    """One (micro-)batch as the UNet step consumes it.
+
+    `weight` (one value per example) and `mask` (one per latent pixel, shaped like `latents` but with one
+    channel) scale the per-element loss; None means 1 everywhere.
+    """
+    latents: torch.Tensor
+    text: dict[str, torch.Tensor]
+    sizes: ImageSizes
+    weight: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
 def captions_are_static(data: DataConfig) -> bool:
     """Captions that never change between steps can have their text-encoder outputs cached."""
     return not data.shuffle_tags and data.caption_dropout == 0
@@ -81,8 +95,7 @@ class ExampleSet:
         return [batches[i] for i in shuffle.tolist()]
 
     def batch(self, ids: list[int], rng: np.random.Generator, text_fn=None,
-              generators: list[torch.Generator] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor],
-                                                                        ImageSizes]:
+              generators: list[torch.Generator] | None = None) -> TrainBatch:
         """Latents drawn from the cached distributions, the text conditioning, and the image geometry.
 
         `generators` (one per example) draw the latents; without them the global RNG does.
@@ -104,7 +117,7 @@ class ExampleSet:
             text = self.base.family.encode_text(self.base.pipe, captions)
         sizes = ImageSizes([ex.original_size for ex in chosen], [ex.crop_top_left for ex in chosen],
                            chosen[0].size[::-1])
-        return latents, text, sizes
+        return TrainBatch(latents, text, sizes)
 
     def _oriented(self, example: Example, rng: np.random.Generator) -> Example:
         """The example as trained this step: mirrored half of the time when `data.flip` is on."""

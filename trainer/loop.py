@@ -33,7 +33,7 @@ from trainer.config import TrainConfig, save_config, validate
 from trainer.data import check_dataset
 from trainer.errors import StudioError, TrainingError
 from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started
-from trainer.examples import ExampleSet, captions_are_static
+from trainer.examples import ExampleSet, TrainBatch, captions_are_static
 from trainer.export import export_lora
 from trainer.models import load_base
 from trainer.network import add_lora, trainable_parameters
@@ -185,8 +185,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         generators = dist.sample_generators(cfg.seed, micro_step, positions)
         rng = np.random.default_rng([cfg.seed, micro_step, rank])
         with accelerator.accumulate(*models.values()):
-            latents, text, sizes = examples.batch([global_ids[p] for p in positions], rng, text_fn, generators)
-            loss = training_step(unet, noise_scheduler, base, latents, text, sizes, config, generators)
+            batch = examples.batch([global_ids[p] for p in positions], rng, text_fn, generators)
+            loss = training_step(unet, noise_scheduler, base, batch, config, generators)
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                 accelerator.clip_grad_norm_([p for g in params.values() for p in g], config.optim.max_grad_norm)
@@ -235,12 +235,13 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
                   early_stopped)
 
 
-def training_step(unet, noise_scheduler, base, latents, text, sizes, config: TrainConfig,
+def training_step(unet, noise_scheduler, base, batch: TrainBatch, config: TrainConfig,
                   generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """Noise the latents at random timesteps and score the UNet's prediction of the target.
 
     `generators` (one per example) draw the noise and timesteps; without them the global RNG does.
     """
+    latents, text, sizes = batch.latents, batch.text, batch.sizes
     noise, offset, timesteps = _draw_noise(latents, noise_scheduler.config.num_train_timesteps, generators)
     if config.train.noise_offset:
         noise = noise + config.train.noise_offset * offset
@@ -252,11 +253,22 @@ def training_step(unet, noise_scheduler, base, latents, text, sizes, config: Tra
     unet_dtype = next(p.dtype for p in unet.parameters() if not p.requires_grad)
     kwargs = base.family.unet_kwargs({k: v.to(unet_dtype) for k, v in text.items()}, sizes)
     prediction = unet(noisy.to(unet_dtype), timesteps, **kwargs).sample
-    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = per_example_loss(F.mse_loss(prediction.float(), target.float(), reduction="none"), batch)
     if config.train.min_snr_gamma:
         loss = loss * min_snr_weight(compute_snr(noise_scheduler, timesteps), config.train.min_snr_gamma,
                                      base.prediction_type)
+    if batch.weight is not None:
+        loss = loss * batch.weight.to(loss.device, loss.dtype)
     return loss.mean()
+
+
+def per_example_loss(squared_error: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    """Each example's mean squared error; with a loss mask, the mask-weighted mean over its latent pixels."""
+    if batch.mask is None:
+        return squared_error.mean(dim=(1, 2, 3))
+    mask = batch.mask.to(squared_error.device, squared_error.dtype)
+    weighted = (squared_error * mask).sum(dim=(1, 2, 3))
+    return weighted / (mask.sum(dim=(1, 2, 3)) * squared_error.shape[1]).clamp_min(1e-8)
 
 
 def min_snr_weight(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:

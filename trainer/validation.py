@@ -131,7 +131,8 @@ class Validator:
         base, seed = self.examples.base, self.config.train.seed
         count = len(self.timesteps)
         generators = [torch.Generator().manual_seed(seed * 1_000_003 + index * 1_009 + k) for k in range(count)]
-        latents, text, sizes = self.examples.batch([index] * count, np.random.default_rng(seed), None, generators)
+        batch = self.examples.batch([index] * count, np.random.default_rng(seed), None, generators)
+        latents, text, sizes = batch.latents, batch.text, batch.sizes
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
         noise = noise.to(latents.device, latents.dtype)
         timesteps = torch.tensor(self.timesteps, device=latents.device).long()
