@@ -65,6 +65,7 @@ ADVANCED = (
     Field("optim.warmup_steps", "Warmup steps"),
     Field("train.mixed_precision", "Mixed precision", choices=("auto", "no", "fp16", "bf16")),
     Field("train.gradient_checkpointing", "Gradient checkpointing"),
+    Field("model.quantize", "Quantize the frozen UNet (nf4: 4-bit, saves memory)", choices=("none", "nf4")),
     Field("train.seed", "Seed"),
     Field("train.min_snr_gamma", "Min-SNR gamma (0 = off)"),
     Field("train.noise_offset", "Noise offset"),

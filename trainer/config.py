@@ -25,6 +25,7 @@ from trainer.errors import ConfigError
 
 CONFIG_VERSION = 1
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+QUANTIZE_CHOICES = ("none", "nf4")
 
 
 @dataclass
@@ -39,6 +40,9 @@ class ModelConfig:
     """Rescale the noise schedule to zero terminal SNR (recommended with v-prediction)."""
     allow_pickle: bool = False
     """Allow `.ckpt`/`.bin`/`.pt` base models (loaded with `weights_only=True`). Off: safetensors only."""
+    quantize: str = "none"
+    """`nf4`: hold the frozen UNet's linear layers in 4 bits (QLoRA-style, bitsandbytes; GPU or CPU) to save
+    memory; the LoRA still trains in full precision and loads on the unquantized base. `none`: off."""
 
 
 @dataclass

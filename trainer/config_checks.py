@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from trainer.config import CONFIG_VERSION, TrainConfig
+from trainer.config import CONFIG_VERSION, QUANTIZE_CHOICES, TrainConfig
 from trainer.errors import ConfigError
 
 
@@ -28,6 +28,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.version == CONFIG_VERSION, f"version must be {CONFIG_VERSION}, got {c.version}")
     problems += check_numbers_are_finite(c) + check_seeds(c) + check_names(c)
     need(bool(c.model.base_model.strip()), "model.base_model must not be empty (try 'tiny')")
+    need(c.model.quantize in QUANTIZE_CHOICES,
+         f"model.quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {c.model.quantize!r}")
     need(c.model.prediction_type in ("auto", "epsilon", "v_prediction"),
          f"model.prediction_type must be auto, epsilon or v_prediction, got {c.model.prediction_type!r}")
     need(bool(c.data.path.strip()), "data.path must name the dataset folder")

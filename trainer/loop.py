@@ -36,6 +36,8 @@ from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, Sampl
 from trainer.examples import ExampleSet, TrainBatch, captions_are_static
 from trainer.export import export_lora
 from trainer.models import load_base
+from trainer.models.quantize import check_available as check_quantize_available
+from trainer.models.quantize import quantize_unet
 from trainer.network import add_lora, trainable_parameters
 from trainer.precision import choose_mixed_precision, place_weights, weight_dtype
 from trainer.samples import render_samples
@@ -126,12 +128,14 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
     # The frozen base model with trainable LoRA layers, in the family's component order (the UNet, then its
     # text encoders): the order of the optimizer's groups, of the wrapped models and of the checkpoint files.
+    check_quantize_available(config.model.quantize)
     base = load_base(config.model)
     resolution = config.data.resolution or base.default_resolution
+    frozen_dtype = weight_dtype(accelerator.mixed_precision)
+    quantize_unet(base, config.model.quantize, frozen_dtype)  # packed into 4 bits as it moves to the device
     lora_configs = add_lora(base, config.network)
     params = trainable_parameters(base, config.network)
     place_weights(base, params, accelerator.device, accelerator.mixed_precision)
-    frozen_dtype = weight_dtype(accelerator.mixed_precision)
     pipe = base.pipe
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()

@@ -28,6 +28,7 @@ FLAG_FIELDS = {
     "num_processes": "train.num_processes",
     "base_config": "model.base_config",
     "allow_pickle": "model.allow_pickle",
+    "quantize": "model.quantize",
     "prediction_type": "model.prediction_type",
     "train_text_encoder": "network.train_text_encoder",
     "validation_fraction": "data.validation_fraction",
@@ -48,6 +49,8 @@ def register(subparsers) -> None:
                                                           "(or hub id) with its configs and tokenizers")
     parser.add_argument("--allow-pickle", action="store_true", default=None,
                         help="allow .ckpt/.bin/.pt base models (loaded with torch.load(weights_only=True))")
+    parser.add_argument("--quantize", choices=["none", "nf4"],
+                        help="nf4: the frozen UNet in 4 bits (QLoRA-style; needs bitsandbytes)")
     parser.add_argument("--prediction-type", choices=["auto", "epsilon", "v_prediction"])
     parser.add_argument("--train-text-encoder", action="store_true", default=None,
                         help="also train LoRA layers on the text encoder(s)")

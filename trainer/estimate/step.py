@@ -68,7 +68,7 @@ def step_settings(config: TrainConfig, spec: ModelSpec, optimizer: str = "adamw"
             "gradient_checkpointing": config.train.gradient_checkpointing,
             "train_text_encoder": config.network.train_text_encoder,
             "cached_text": captions_are_static(config.data) and not config.network.train_text_encoder,
-            "optimizer": optimizer}
+            "optimizer": optimizer, "quantize": config.model.quantize}
 
 
 def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str = "adamw",
@@ -77,11 +77,14 @@ def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str
     spec = spec or model_spec(config.model, family)
     settings = step_settings(config, spec, optimizer)
     net = config.network
-    key = json.dumps([spec.source, {k: v for k, v in settings.items() if k != "optimizer"}, net.dropout,
-                      net.use_dora, net.use_rslora], sort_keys=True)
+    # The optimizer and quantization change counted bytes only: one trace serves every choice of them.
+    traced = {k: v for k, v in settings.items() if k not in ("optimizer", "quantize")}
+    key = json.dumps([spec.source, traced, net.dropout, net.use_dora, net.use_rslora], sort_keys=True)
     if key not in _TRACED:
         _TRACED[key] = _measure(config, spec, settings)
-    weights, counts, traced_peak, forward_bytes, traced_grads = _TRACED[key]
+    weights, savings, counts, traced_peak, forward_bytes, traced_grads = _TRACED[key]
+    if settings["quantize"] != "none":
+        weights -= savings
     return Estimate(
         parts={"weights": weights, "lora": counts["lora"] * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer]),
                "activations": forward_bytes, "workspace": max(traced_peak - forward_bytes - traced_grads, 0)},
@@ -93,8 +96,8 @@ _TRACED: dict[str, tuple] = {}
 
 
 def _measure(config: TrainConfig, spec: ModelSpec, settings: dict) -> tuple:
-    """Build the meta model with LoRA, count its weights and trace a step: (weights, counts, peak, forward,
-    LoRA gradient bytes)."""
+    """Build the meta model with LoRA, count its weights and trace a step: (weights, bytes a 4-bit UNet
+    saves, counts, peak, forward, LoRA gradient bytes)."""
     from trainer.network import add_lora, trainable_parameters
 
     compute = DTYPES[settings["mixed_precision"]]
@@ -108,10 +111,22 @@ def _measure(config: TrainConfig, spec: ModelSpec, settings: dict) -> tuple:
         dtype = spec.family.vae_dtype(SimpleNamespace(config=spec.vae), compute) if name == "vae" else compute
         torch.nn.Module.to(module, dtype)  # diffusers' own `to` warns about casting, which is what we want
         weights += sum(t.numel() * t.element_size() for t in module_tensors(module) if not t.requires_grad)
+    savings = quantized_savings(parts["unet"])
     counts = {name: parameter_count(m) - sum(p.numel() for p in m.parameters() if p.requires_grad)
               for name, m in parts.items()}
     counts["lora"] = sum(p.numel() for p in params)
-    return (weights, counts, *_trace(base, settings, compute))
+    return (weights, savings, counts, *_trace(base, settings, compute))
+
+
+def quantized_savings(unet: torch.nn.Module) -> int:
+    """Bytes saved by holding the UNet's frozen linear weights in 4 bits (`model.quantize = "nf4"`): two
+    weights a byte plus one float32 scale per 64-weight block, instead of the compute dtype."""
+    saved = 0
+    for module in unet.modules():
+        if type(module) is torch.nn.Linear and not module.weight.requires_grad:
+            n = module.weight.numel()
+            saved += n * module.weight.element_size() - (n // 2 + n // 64 * 4)
+    return saved
 
 
 def _trace(base, settings: dict, compute: torch.dtype) -> tuple[int, int, int]:
