@@ -158,3 +158,23 @@ def test_bad_ema_settings_name_the_field_and_the_fix(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert message in str(err.value)
+
+
+def test_the_memory_estimate_counts_an_ema_copy_on_the_device():
+    from trainer.estimate.step import estimate_step
+
+    def estimate(**overrides):  # one trace for all three (the EMA settings are not part of its key)
+        return estimate_step(load_config(None, {"data.resolution": 64, "train.mixed_precision": "no", **overrides}))
+
+    on_device = estimate(**{"train.ema_decay": 0.999})
+    assert on_device.parts["ema"] == on_device.parameters["lora"] * 4 > 0
+    assert "ema" not in estimate(**{"train.ema_decay": 0.999, "train.ema_on_cpu": True}).parts
+    assert "ema" not in estimate().parts
+
+
+def test_the_cli_flags_set_the_ema_fields():
+    from trainer.cli import build_parser
+    from trainer.cli.train import overrides_from_args
+
+    args = build_parser().parse_args(["train", "--ema-decay", "0.999", "--ema-on-cpu"])
+    assert overrides_from_args(args) == {"train.ema_decay": 0.999, "train.ema_on_cpu": True}
