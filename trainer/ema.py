@@ -43,6 +43,11 @@ class LoraEMA:
 
     def __init__(self, names: list[str], params: list[torch.nn.Parameter], decay: float, on_cpu: bool):
         self.names, self.params, self.on_cpu = names, params, on_cpu
+        # With the copy on the CPU: host buffers the LoRA is copied into each step (pinned beside a GPU), marked
+        # as trained, which is how EMAModel tells averaged tensors from frozen ones it just copies.
+        pin = on_cpu and torch.cuda.is_available()
+        self._host = [torch.empty(p.shape, dtype=p.dtype, pin_memory=pin).requires_grad_() for p in params] \
+            if on_cpu else []
         self.average = EMAModel(self._live(), decay=decay, foreach=True)
 
     @classmethod
@@ -62,12 +67,14 @@ class LoraEMA:
         ema.register_hooks(accelerator)
         return ema
 
+    @torch.no_grad()
     def _live(self) -> list[torch.Tensor]:
-        """The tensors the average steps towards: the parameters, or host copies of them (marked as trained,
-        which is how EMAModel tells averaged tensors from frozen ones it just copies)."""
+        """The tensors the average steps towards: the parameters, or their copies in the host buffers."""
         if not self.on_cpu:
             return self.params
-        return [p.detach().to("cpu", copy=True).requires_grad_() for p in self.params]
+        for host, p in zip(self._host, self.params, strict=True):
+            host.copy_(p.detach())  # synchronous: the step that follows must not change it mid-copy
+        return self._host
 
     def update(self) -> None:
         self.average.step(self._live())
