@@ -4,8 +4,10 @@ ends with the same LoRA as an uninterrupted one."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from trainer.config import load_config
@@ -20,7 +22,8 @@ STEPS = 4
 SETTINGS = {"data.resolution": 64, "train.steps": STEPS, "optim.learning_rate": 1e-3, "export.dtype": "float32",
             "network.train_text_encoder": True, "network.rank": 4, "network.alpha": 4.0,
             "train.gradient_accumulation_steps": 2, "data.validation_fraction": 0.5, "train.validate_every": 2,
-            "train.save_every": 1, "train.keep_last": STEPS, "train.log_with": "none", "train.num_threads": 1}
+            "train.save_every": 1, "train.keep_last": STEPS, "train.log_with": "none", "train.num_threads": 1,
+            "sample.every_n_steps": STEPS, "sample.steps": 2}
 
 
 def run(data, out, should_stop=None, resume=False, **overrides):
@@ -130,6 +133,14 @@ def test_validation_and_the_best_lora_use_the_ema(runs):
     assert_equal_to(expected_ema(raw_weights(root))[best - 1], root / "ema" / "lora.best.peft.safetensors")
 
 
+def test_samples_are_drawn_with_the_ema(runs):
+    """The two runs train the same raw LoRA (see above), so their samples differ only by the weights drawn with."""
+    root, *_ = runs
+    raw, ema = (np.asarray(Image.open(root / run / "samples" / f"step-{STEPS}" / "00.png"), dtype=np.int16)
+                for run in ("raw", "ema"))
+    assert np.abs(raw - ema).max() > 0, "the sample was drawn with the raw weights"
+
+
 def test_a_stopped_and_resumed_run_exports_the_same_ema(runs):
     root, _, (uninterrupted, ema_checks), (resumed, resumed_checks) = runs
     assert resumed.step == STEPS and (root / "resumed" / "checkpoints" / "step-1" / EMA_FILE).is_file()
@@ -158,18 +169,6 @@ def test_bad_ema_settings_name_the_field_and_the_fix(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert message in str(err.value)
-
-
-def test_the_memory_estimate_counts_an_ema_copy_on_the_device():
-    from trainer.estimate.step import estimate_step
-
-    def estimate(**overrides):  # one trace for all three (the EMA settings are not part of its key)
-        return estimate_step(load_config(None, {"data.resolution": 64, "train.mixed_precision": "no", **overrides}))
-
-    on_device = estimate(**{"train.ema_decay": 0.999})
-    assert on_device.parts["ema"] == on_device.parameters["lora"] * 4 > 0
-    assert "ema" not in estimate(**{"train.ema_decay": 0.999, "train.ema_on_cpu": True}).parts
-    assert "ema" not in estimate().parts
 
 
 def test_the_cli_flags_set_the_ema_fields():
