@@ -80,6 +80,8 @@ ADVANCED = (
     Field("train.validate_every", "Validation loss every N steps (0 = off)"),
     Field("train.validation_timesteps", "Validation timesteps per image"),
     Field("train.early_stop_patience", "Early stop after N checks without improvement (0 = off)"),
+    Field("train.ema_decay", "EMA of the LoRA weights: decay (0 = off; like 0.999)"),
+    Field("train.ema_on_cpu", "Keep the EMA copy on the CPU"),
 )
 ALL_FIELDS = ESSENTIALS + SAMPLES + ADVANCED
 

@@ -17,6 +17,7 @@ from trainer.config import config_from_dict, save_config
 from trainer.errors import TrainingError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMA = 0.5  # two_process_run trains with an EMA of the LoRA; its 1-process twin too
 
 
 def _settings(example_dataset, out, **train):
@@ -37,10 +38,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, example_dataset):
-    """Real 2-process runs through the CLI: stopped at step 1 by a stop file, then resumed to the end. Every rank
-    reports a hash of its LoRA tensors."""
+    """Real 2-process runs through the CLI: stopped at step 1 by a stop file, then resumed to the end, with an EMA of
+    the LoRA (train.ema_decay) saved and resumed too. Every rank reports a hash of its (EMA) LoRA tensors."""
     root = tmp_path_factory.mktemp("dist")
-    config_path = save_config(config_from_dict(_settings(example_dataset, root / "out")), root / "run.toml")
+    config_path = save_config(config_from_dict(_settings(example_dataset, root / "out", ema_decay=EMA)),
+                              root / "run.toml")
     env = {**os.environ, "PYTHONPATH": ROOT, distributed.RANK_REPORT_ENV: str(root / "ranks")}
     cmd = [sys.executable, "-m", "trainer.cli", "train", "--config", str(config_path), "--num-processes", "2"]
     (root / "stop").touch()
@@ -66,7 +68,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_process_run
     assert reports[0]["losses"] == reports[1]["losses"]
 
     # The same global batch (2) on one process, uninterrupted: the same images, noise and timesteps.
-    single = train(config_from_dict(_settings(example_dataset, tmp_path / "one", batch_size=2)))
+    single = train(config_from_dict(_settings(example_dataset, tmp_path / "one", batch_size=2, ema_decay=EMA)))
     assert single.losses[1:] == pytest.approx(reports[0]["losses"], rel=1e-4, abs=1e-6)  # steps 2-3, resumed
     two = load_file(str(root / "out" / "lora.peft.safetensors"))
     one = load_file(str(tmp_path / "one" / "lora.peft.safetensors"))
@@ -125,7 +127,7 @@ def test_only_rank_zero_writes_files_and_events(two_process_run):
     # no temporary leftovers.
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
     files = {p.name for p in (out / "checkpoints" / "step-2").iterdir()}
-    assert {"COMPLETE", "trainer_state.json", "lora_0.safetensors", "random_states_0.pkl",
+    assert {"COMPLETE", "trainer_state.json", "lora_0.safetensors", "ema.safetensors", "random_states_0.pkl",
             "random_states_1.pkl"} <= files
     assert "num_processes = 2" in (out / "config.toml").read_text()
 
@@ -145,7 +147,7 @@ def test_resuming_under_another_world_size_is_refused_by_name(two_process_run, e
     from trainer.loop import train
 
     root, _ = two_process_run
-    config = config_from_dict(_settings(example_dataset, root / "out", steps=4))
+    config = config_from_dict(_settings(example_dataset, root / "out", steps=4, ema_decay=EMA))
     with pytest.raises(TrainingError) as err:
         train(config, resume_from=root / "out")
     message = str(err.value) + (err.value.fix or "")

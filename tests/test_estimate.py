@@ -55,6 +55,15 @@ def test_mixed_precision_halves_the_weights(tiny_spec):
     assert half.parts["lora"] == full.parts["lora"]  # float32 masters, gradients and AdamW moments either way
 
 
+def test_an_ema_copy_on_the_device_is_counted(tiny_spec):
+    """The settings of the first test's `small` estimate: its trace is reused (EMA is not part of its key)."""
+    small = {"train.batch_size": 1, "data.resolution": 128, "train.ema_decay": 0.999}
+    on_device = _peak(tiny_spec, **small)
+    assert on_device.parts["ema"] == on_device.parameters["lora"] * 4 > 0  # one float32 copy (trainer/ema.py)
+    assert "ema" not in _peak(tiny_spec, **small, **{"train.ema_on_cpu": True}).parts
+    assert "ema" not in _peak(tiny_spec, **{**small, "train.ema_decay": 0.0}).parts
+
+
 def test_tiny_estimate_is_within_20_percent_of_a_measured_step():
     # A fresh subprocess measures the resident high-water mark a real step adds over a warmed-up baseline
     # (bench/estimate_check.py says how); it is a few hundred MiB here, far above the box's noise.

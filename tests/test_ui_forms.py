@@ -83,6 +83,7 @@ def test_help_texts_come_from_the_config_docstrings():
     with gr.Blocks():
         widgets = forms.build_fields(forms.ESSENTIALS + forms.ADVANCED)
     assert "LoRA rank" in widgets["network.rank"].info
+    assert "moving average" in widgets["train.ema_decay"].info
     assert isinstance(widgets["train.gradient_checkpointing"], gr.Checkbox)
     assert isinstance(widgets["optim.lr_scheduler"], gr.Dropdown)
     assert widgets["train.steps"].value == TrainConfig().train.steps

@@ -29,7 +29,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # Settings that may change between a run and its resumption; any other change breaks resuming.
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_last", "train.log_with", "train.gpus",
-                     "train.num_threads", "sample.",
+                     "train.num_threads", "train.ema_on_cpu", "sample.",
                      "export.",
                      "data.cache_dir", "data.skip_bad_images", "model.allow_pickle")
 # Why some settings cannot change, said next to the change.

@@ -165,6 +165,13 @@ class TrainingConfig:
     early_stop_patience: int = 0
     """Stop when the validation loss has not improved for this many checks in a row (the best and the last
     LoRA are exported); 0 turns early stopping off. Needs `train.validate_every` > 0."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average (EMA) of the LoRA weights with this decay (like 0.999) and export it as
+    the LoRA; 0 turns EMA off. The average starts as a copy and its decay ramps as n/(n+9) at step n up to this
+    value. Samples, the validation loss and the best LoRA use the EMA weights too."""
+    ema_on_cpu: bool = False
+    """Keep the EMA copy in CPU memory instead of on the training device: saves accelerator memory the size of the
+    LoRA, for a copy of the LoRA to the CPU each step. May change when resuming."""
 
 
 @dataclass

@@ -75,6 +75,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(bool(c.export.output_dir.strip()), "export.output_dir must name a folder")
     need(c.export.dtype in ("float16", "bfloat16", "float32"),
          f"export.dtype must be float16, bfloat16 or float32, got {c.export.dtype!r}")
+    problems += ema_problems(c)
     problems += combination_problems(c)
     if problems:
         raise ConfigError(problems)
@@ -124,6 +125,17 @@ def validation_problems(c: TrainConfig) -> list[str]:
         problems.append(f"train.early_stop_patience = {train.early_stop_patience} needs the validation loss: "
                         "set train.validate_every > 0 (with a validation set), or train.early_stop_patience = 0")
     return problems
+
+
+def ema_problems(c: TrainConfig) -> list[str]:
+    """The EMA settings (trainer/ema.py)."""
+    train = c.train
+    if not 0 <= train.ema_decay < 1:
+        return [f"train.ema_decay must be in 0..1, below 1 (0: off; 0.999 is typical), got {train.ema_decay}"]
+    if train.ema_on_cpu and not train.ema_decay:
+        return ["train.ema_on_cpu places the EMA copy, but train.ema_decay is 0 (EMA off): set train.ema_decay "
+                "(like 0.999), or train.ema_on_cpu = false"]
+    return []
 
 
 MAX_SEED = 2**32 - 1

@@ -31,6 +31,7 @@ from trainer import tracking
 from trainer import validation as val
 from trainer.config import TrainConfig, save_config, validate
 from trainer.data import check_dataset
+from trainer.ema import LoraEMA, ema_metadata, keep_average, swapped_in
 from trainer.errors import StudioError, TrainingError
 from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started
 from trainer.examples import ExampleSet, TrainBatch, captions_are_static
@@ -156,6 +157,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     models, optimizer, lr_scheduler = prepare_models(accelerator, base, params, optimizer, lr_scheduler)
     unet = models["unet"]
     text_fn = trainable_text_fn(base, models) if config.network.train_text_encoder else None
+    ema = LoraEMA.build(accelerator, base, params, config)  # None when off; before resuming, which loads it
 
     # Resume: the newest complete checkpoint restores weights, optimizer, schedule, RNG and data position.
     step, micro_step = 0, 0
@@ -202,6 +204,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         if not accelerator.sync_gradients:
             continue
         step += 1
+        if ema is not None:
+            ema.update()
         step_loss = sum(window) / len(window)
         window.clear()
         if not math.isfinite(step_loss):
@@ -216,9 +220,11 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
         stopped = step < cfg.steps and dist.agree_to_stop(accelerator, should_stop())
         if validator is not None and validator.due(step):
-            early_stopped = validator.check(accelerator, unet, step, emit, export_best) and step < cfg.steps
+            with swapped_in(ema):  # with EMA on, the average is what is scored, kept as best, sampled, exported
+                early_stopped = validator.check(accelerator, unet, step, emit, export_best) and step < cfg.steps
         if config.sample.every_n_steps and (step % config.sample.every_n_steps == 0 or step == cfg.steps):
-            _samples(accelerator, base, config, examples, workdir, step, resolution, emit)
+            with swapped_in(ema):
+                _samples(accelerator, base, config, examples, workdir, step, resolution, emit)
         if stopped or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps):
             _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit, validator)
         if stopped or early_stopped:
@@ -226,6 +232,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
     # Export the LoRA in both key formats (and the config beside it) from the main process only.
     accelerator.wait_for_everyone()
+    keep_average(ema)
     dist.write_rank_report(accelerator, _lora_state(base, lora_configs), losses)
     outputs: list[Path] = []
     tracker = validator.tracker if validator is not None else val.BestTracker()
@@ -373,7 +380,7 @@ def _export(base, lora_configs, config, step, best_step=0, best_loss=None, as_be
     meta = {"ss_best_step": str(best_step), "lora_studio_best_validation_loss": repr(best_loss)} \
         if best_step else None
     return export_lora(base, lora_configs, config, step, name=val.best_name(config) if as_best else None,
-                       extra_metadata=meta)
+                       extra_metadata={**(meta or {}), **ema_metadata(config)})
 
 
 def _best_exporter(base, lora_configs, config) -> Callable[[int, float], list[Path]]:

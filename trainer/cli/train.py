@@ -36,6 +36,8 @@ FLAG_FIELDS = {
     "validate_every": "train.validate_every",
     "validation_timesteps": "train.validation_timesteps",
     "early_stop_patience": "train.early_stop_patience",
+    "ema_decay": "train.ema_decay",
+    "ema_on_cpu": "train.ema_on_cpu",
 }
 
 
@@ -77,6 +79,10 @@ def register(subparsers) -> None:
     parser.add_argument("--validation-timesteps", type=int, metavar="N", help="timesteps scored per image (4)")
     parser.add_argument("--early-stop-patience", type=int, metavar="N",
                         help="stop after N validation checks without improvement (0: off)")
+    parser.add_argument("--ema-decay", type=float, metavar="D",
+                        help="keep an EMA of the LoRA weights with this decay (like 0.999) and export it; 0: off")
+    parser.add_argument("--ema-on-cpu", action="store_true", default=None,
+                        help="keep the EMA copy in CPU memory instead of on the GPU")
     parser.add_argument("--resume", metavar="DIR", help="resume from a run folder's newest checkpoint")
     parser.add_argument("--num-processes", type=int, metavar="N",
                         help="train on N processes (GPUs; CPU processes without a GPU) through accelerate")

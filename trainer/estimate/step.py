@@ -13,6 +13,7 @@ How each part is found (no rule of thumb):
 - workspace: the rest of the traced high-water mark, on top of the activations: the transient outputs and
   the activation gradients of backward, checkpointed recomputation, the text encoder's pass when captions
   are not cached, and the noise / target / loss tensors.
+- ema (only with `train.ema_decay` on and `train.ema_on_cpu` off): the EMA copy of the LoRA, float32.
 Not counted: the CUDA context and kernels (~0.3-1 GB outside `max_memory_allocated`), allocator
 fragmentation, the text cache (77 tokens per distinct caption) and sample rendering.
 """
@@ -85,10 +86,11 @@ def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str
     weights, savings, counts, traced_peak, forward_bytes, traced_grads = _TRACED[key]
     if settings["quantize"] != "none":
         weights -= savings
-    return Estimate(
-        parts={"weights": weights, "lora": counts["lora"] * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer]),
-               "activations": forward_bytes, "workspace": max(traced_peak - forward_bytes - traced_grads, 0)},
-        settings=settings, parameters=dict(counts), source=spec.source)
+    parts = {"weights": weights, "lora": counts["lora"] * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer]),
+             "activations": forward_bytes, "workspace": max(traced_peak - forward_bytes - traced_grads, 0)}
+    if config.train.ema_decay and not config.train.ema_on_cpu:
+        parts["ema"] = counts["lora"] * 4  # trainer/ema.py: one float32 copy on the device
+    return Estimate(parts=parts, settings=settings, parameters=dict(counts), source=spec.source)
 
 
 _TRACED: dict[str, tuple] = {}
