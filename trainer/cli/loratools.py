@@ -59,7 +59,7 @@ def run_merge(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(item) for item in args.loras]
     report = merge_loras(args.base_model, loras, args.out, dtype=args.dtype, allow_partial=args.allow_partial,
                          overwrite=args.overwrite)
-    mix = ", ".join(f"{path.name} x {strength:g}" for path, strength in loras)
+    mix = ", ".join(f"{path} x {strength:g}" for path, strength in loras)
     print(f"merged {mix} into {args.base_model} ({report.family}, {report.layers} layers): {report.layout} "
           f"{report.dtype}", file=sys.stderr)
     print(report.out)
