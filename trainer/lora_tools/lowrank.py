@@ -64,8 +64,9 @@ class RankReport:
             return "no layers"
         low = min(self.layers, key=self.layers.get)
         high = max(self.layers, key=self.layers.get)
+        mean = sum(self.layers.values()) / len(self.layers)  # sd-scripts' "average Frobenius norm retention"
         return (f"kept {self.overall:.2%} of the update (Frobenius norm) over {len(self.layers)} layers; per layer "
-                f"from {self.layers[low]:.2%} ({low}) to {self.layers[high]:.2%} ({high})")
+                f"{mean:.2%} on average, from {self.layers[low]:.2%} ({low}) to {self.layers[high]:.2%} ({high})")
 
     def lines(self) -> list[str]:
         return [f"{stem}: rank {self.ranks[stem][0]} -> {self.ranks[stem][1]}, kept {kept:.2%}"
