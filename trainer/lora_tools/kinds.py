@@ -12,17 +12,18 @@ from __future__ import annotations
 
 from trainer.errors import LoraFileError
 
-# (what marks a key, the kind's name): checked in order against every key of a file.
+# (what marks a key, the kind's name): a key is of a kind when it holds the mark (marks start at a name boundary,
+# so a module name such as `soft_proj` or `diffusion` is no mark).
 _MARKERS = (
-    ("hada_w1", "LoHa (LyCORIS)"),
-    ("lokr_w1", "LoKr (LyCORIS)"),
-    ("dora_scale", "DoRA"),
-    ("lora_magnitude_vector", "DoRA"),
-    ("lora_mid", "LoRA with Tucker-decomposed convolutions (LyCORIS `lora_mid`)"),
-    ("lora_E", "AdaLoRA (PEFT, not yet exported as plain LoRA)"),
-    ("oft_", "OFT"),
-    (".diff", "a full weight difference (LyCORIS `full`)"),
+    (".hada_w", "LoHa (LyCORIS)"),
+    (".lokr_w", "LoKr (LyCORIS)"),
+    (".dora_scale", "DoRA"),
+    (".lora_magnitude_vector", "DoRA"),
+    (".lora_mid.", "LoRA with Tucker-decomposed convolutions (LyCORIS `lora_mid`)"),
+    (".lora_E", "AdaLoRA (PEFT, not yet exported as plain LoRA)"),
+    (".oft_", "OFT"),
 )
+_FULL_DIFF = (".diff", ".diff_b")
 
 
 def lora_kind(keys) -> str:
@@ -31,6 +32,8 @@ def lora_kind(keys) -> str:
         for marker, kind in _MARKERS:
             if marker in key:
                 return kind
+        if key.endswith(_FULL_DIFF):
+            return "full weight difference (LyCORIS `full`)"
     return "lora"
 
 
