@@ -34,6 +34,9 @@ def register(subparsers) -> None:
     resize.add_argument("lora", metavar="LORA", help="a kohya-format LoRA file (.safetensors)")
     resize.add_argument("--rank", type=int, required=True, help="the new rank (layers already lower keep theirs)")
     resize.add_argument("--out", required=True, help="the .safetensors file to write")
+    resize.add_argument("--keep", type=float, default=None, metavar="SHARE",
+                        help="per layer, the smallest rank (up to --rank) that keeps this share of the update's "
+                             "Frobenius norm, e.g. 0.95 (sd-scripts' sv_fro); without it every layer gets --rank")
     _verbose(resize)
     resize.set_defaults(handler=run_resize)
 
@@ -69,7 +72,7 @@ def run_merge(args: argparse.Namespace) -> int:
 def run_resize(args: argparse.Namespace) -> int:
     from trainer.lora_tools.resize import resize_lora
 
-    report = resize_lora(args.lora, args.rank, args.out)
+    report = resize_lora(args.lora, args.rank, args.out, share=args.keep)
     _print_report(report, args.verbose)
     print(args.out)
     return 0

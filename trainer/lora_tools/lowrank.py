@@ -73,16 +73,27 @@ class RankReport:
                 for stem, kept in self.layers.items()]
 
 
-def factor(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def choose_rank(singular: torch.Tensor, rank: int, share: float | None = None) -> int:
+    """`rank`, or with `share` the smallest rank that keeps that share of the Frobenius norm (at most `rank`;
+    sd-scripts' `sv_fro` dynamic method)."""
+    keep = min(rank, int(singular.numel()))
+    if share is not None and float(singular.pow(2).sum()) > 0:
+        squares = singular.double().pow(2)
+        cumulative = squares.cumsum(0) / squares.sum()
+        keep = min(keep, int(torch.searchsorted(cumulative, torch.tensor(share**2 - 1e-12, dtype=torch.float64))) + 1)
+    return max(1, keep)
+
+
+def factor(delta: torch.Tensor, rank: int, share: float | None = None):
     """(up, down, singular values, kept rank) with up @ down the best rank-`rank` approximation of `delta` (a
-    matrix), the singular values split evenly between the two factors."""
+    matrix), the singular values split evenly between the two factors; `share`: see `choose_rank`."""
     u, s, vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    keep = max(1, min(rank, int(s.numel())))
+    keep = choose_rank(s, rank, share)
     root = s[:keep].sqrt()
     return u[:, :keep] * root, root[:, None] * vh[:keep], s, keep
 
 
-def factor_pair(up: torch.Tensor, down: torch.Tensor, rank: int):
+def factor_pair(up: torch.Tensor, down: torch.Tensor, rank: int, share: float | None = None):
     """As `factor(up @ down, rank)` without building the full matrix: QR of each side leaves an r x r core.
 
     up @ down = Qu (Ru Rd^T) Qd^T, so the SVD of the small core gives that of the product (exactly, and in
@@ -90,7 +101,7 @@ def factor_pair(up: torch.Tensor, down: torch.Tensor, rank: int):
     qu, ru = torch.linalg.qr(up.double())
     qd, rd = torch.linalg.qr(down.double().T)
     u, s, vh = torch.linalg.svd(ru @ rd.T)
-    keep = max(1, min(rank, int(s.numel())))
+    keep = choose_rank(s, rank, share)
     root = s[:keep].sqrt()
     return (qu @ u[:, :keep]) * root, root[:, None] * (vh[:keep] @ qd.T), s, keep
 

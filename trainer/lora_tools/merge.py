@@ -126,6 +126,7 @@ def _write_folder(pipe, out: Path, metadata: dict[str, str], overwrite: bool) ->
     """save_pretrained into a scratch folder beside `out`, then rename it into place (never half written)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scratch.chmod(0o755)  # mkdtemp makes it private; a model folder is read by other tools and users
     try:
         pipe.save_pretrained(scratch, safe_serialization=True)
         (scratch / "lora_studio_merge.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
