@@ -62,6 +62,9 @@ def run_merge(args: argparse.Namespace) -> int:
     loras = [parse_lora_arg(item) for item in args.loras]
     report = merge_loras(args.base_model, loras, args.out, dtype=args.dtype, allow_partial=args.allow_partial,
                          overwrite=args.overwrite)
+    for path, keys in report.unmatched.items():
+        print(f"warning: {path}: {len(keys)} keys match no layer of the base model and were left out: "
+              f"{', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}", file=sys.stderr)
     mix = ", ".join(f"{path} x {strength:g}" for path, strength in loras)
     print(f"merged {mix} into {args.base_model} ({report.family}, {report.layers} layers): {report.layout} "
           f"{report.dtype}", file=sys.stderr)

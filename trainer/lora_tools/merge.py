@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,6 +35,8 @@ class MergeReport:
     dtype: str
     layers: int
     """Base layers that took part of a LoRA (over every component)."""
+    unmatched: dict[str, list[str]] = field(default_factory=dict)
+    """LoRA file -> its keys that matched no layer and were left out (only with allow_partial)."""
 
 
 def merge_loras(base_model: str, loras: list[tuple[str | Path, float]], out: str | Path, dtype: str = "auto",
@@ -56,10 +58,12 @@ def merge_loras(base_model: str, loras: list[tuple[str | Path, float]], out: str
     out_dtype = DTYPES[dtype] if dtype != "auto" else stored_dtype(base_model)
     base = load_base(ModelConfig(base_model=base_model), dtype=torch.float32)
     pool = AdapterPool(base.pipe, device="cpu", dtype=torch.float32)
-    strengths = {}
+    strengths, unmatched = {}, {}
     for index, (path, strength) in enumerate(loras):
-        pool.load(f"lora{index}", path, allow_partial=allow_partial)
+        report = pool.load(f"lora{index}", path, allow_partial=allow_partial)
         strengths[f"lora{index}"] = float(strength)
+        if report.unmatched:
+            unmatched[str(path)] = report.unmatched
     pool.set_strengths(strengths)
     pipe = base.pipe
     chosen = [name for name, weight in strengths.items() if weight != 0.0]
@@ -78,7 +82,7 @@ def merge_loras(base_model: str, loras: list[tuple[str | Path, float]], out: str
     else:
         _write_folder(pipe, out, metadata, overwrite)
         layout = "diffusers"
-    return MergeReport(out, base.family.name, layout, str(out_dtype).removeprefix("torch."), layers)
+    return MergeReport(out, base.family.name, layout, str(out_dtype).removeprefix("torch."), layers, unmatched)
 
 
 def stored_dtype(base_model: str) -> torch.dtype:
