@@ -86,8 +86,11 @@ def _check(req: Request) -> Request:
     )
 
 
-def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple[Any, str]:
-    """One seeded preview with the chosen LoRAs at their strengths; returns (image, what happened)."""
+def generate(studio: Studio, req: Request, strengths: dict[str, float], fuse: bool = False) -> tuple[Any, str]:
+    """One seeded preview with the chosen LoRAs at their strengths; returns (image, what happened).
+
+    `fuse` bakes the mix into the base weights (`AdapterPool.generate(fuse=True)`): repeats of one mix run at
+    the base model's speed, and any change unfuses exactly first."""
     req = _check(req)
     started = time.perf_counter()
     with studio.preview() as pool:
@@ -101,8 +104,10 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
             width=req.width,
             height=req.height,
             strengths=strengths,
+            fuse=bool(fuse),
         )
         swap = pool.last_swap_s
+        fused = pool.fused
         device = studio.pool_device() or "?"
     mix = ", ".join(f"{n} × {w:g}" for n, w in strengths.items()) or "no LoRA (base model)"
     info = f"{mix} · seed {req.seed} · {time.perf_counter() - started:.1f}s on {device}"
@@ -110,6 +115,8 @@ def generate(studio: Studio, req: Request, strengths: dict[str, float]) -> tuple
         info += f" · loaded from disk in {load_s * 1000:.0f} ms"
     if swap is not None:
         info += f" · LoRA swap took {swap * 1000:.1f} ms (no reload)"
+    if fused:
+        info += " · fused into the base weights"
     return images[0], info
 
 
@@ -188,6 +195,9 @@ def build(studio: Studio) -> dict[str, Any]:
             with gr.Row():
                 c["width"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Width", elem_id="gen-width")
                 c["height"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Height", elem_id="gen-height")
+            c["fuse"] = gr.Checkbox(False, label="Fuse for speed", elem_id="gen-fuse",
+                                    info="Bake the chosen LoRAs into the base weights while their strengths stay "
+                                         "the same (faster repeats; a change unfuses first)")
             c["generate"] = gr.Button("Generate", variant="primary", elem_id="gen-go")
             with gr.Accordion("Grid: prompts × strengths (LoRA 1)", open=False):
                 c["grid_prompts"] = gr.Textbox("", label="Prompts (one a line)", lines=3, elem_id="gen-grid-prompts")
@@ -218,11 +228,12 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
 
     def run_generate(**values: Any) -> tuple[Any, str]:
         req = Request(**{name: values.pop(name) for name in REQUEST_KEYS})
+        fuse = bool(values.pop("fuse", False))
         strengths = {
             values[f"lora_{i}"]: float(values[f"strength_{i}"]) for i in range(1, SLOTS + 1) if values.get(f"lora_{i}")
         }
         try:
-            return generate(studio, req, strengths)
+            return generate(studio, req, strengths, fuse)
         except StudioError as err:
             return None, f"**Error:** {err}"
 
@@ -256,7 +267,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         [c["image"], c["info"]],
         api_name="generate",
         concurrency_limit=1,
-        inputs_kwargs=request_inputs | slot_inputs,
+        inputs_kwargs=request_inputs | slot_inputs | {"fuse": c["fuse"]},
     )
     c["grid"].click(
         run_grid,

@@ -236,6 +236,10 @@ def test_upload_train_download_and_preview_over_the_api(server, tmp_path):
     assert "shapes × 1" in at1[1] and "LoRA swap took" in at1[1], at1[1]
     assert np.array_equal(pixels(base[0]), pixels(at0[0]))
     assert np.abs(pixels(base[0]) - pixels(at1[0])).max() > 0
+    fused = client.predict(**common, **none | {"lora_1": "shapes", "strength_1": 1.0}, fuse=True, api_name="/generate")
+    assert "fused into the base weights" in fused[1], fused[1]
+    assert np.abs(pixels(fused[0]) - pixels(at1[0])).max() <= 1  # float32 rounding may move a pixel by one step
+    assert np.array_equal(pixels(client.predict(**common, **none, api_name="/generate")[0]), pixels(base[0]))
 
     # a prompt x strength grid, and a broken third-party file that is refused and not kept
     grid = client.predict(

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from trainer.errors import LoraFileError, ModelError, StudioError
+from trainer.generate.fusion import Fusion
 from trainer.generate.lorafile import LoraPlan, plan_lora, read_lora_file
 from trainer.generate.render import render
 from trainer.generate.slot import SLOT, HotswapSlot
@@ -77,6 +78,7 @@ class AdapterPool:
         """Seconds the last generate() spent switching LoRAs and strengths (no file is read then)."""
         """The adapters set_adapters last made active; None when unknown (after a load, unload or slot use)."""
         self._layer_cache: dict[str, list[torch.nn.Module]] = {}
+        self._fusion = Fusion(self.pipe, self.family.components)
 
     def loaded(self) -> list[str]:
         """Names of the loaded LoRAs, least recently used first."""
@@ -127,11 +129,14 @@ class AdapterPool:
     def generate(self, prompt: str, negative_prompt: str = "", seed: int = 0, steps: int = 20,
                  guidance: float = 7.5, width: int | None = None, height: int | None = None,
                  strengths: dict[str, float] | None = None, num_images: int = 1,
-                 output_type: str = "pil") -> list:
-        """Images for `prompt` with the named LoRAs at their strengths; LoRAs not named are off."""
+                 output_type: str = "pil", fuse: bool = False) -> list:
+        """Images for `prompt` with the named LoRAs at their strengths; LoRAs not named are off.
+
+        `fuse=True` bakes the mix into the base weights (see fusion.py), so repeated previews of one mix run at
+        the base model's speed; the next other mix, strength or `fuse=False` call unfuses exactly first."""
         with self._lock:
             started = time.perf_counter()
-            self.set_strengths(strengths or {})
+            self._apply(strengths or {}, fuse)
             self.last_swap_s = time.perf_counter() - started
             self._compile_once()
             return render(self.pipe, prompt, negative_prompt, seed, steps, guidance, width, height,
@@ -140,6 +145,7 @@ class AdapterPool:
     def set_strengths(self, strengths: dict[str, float]) -> None:
         """Make exactly these LoRAs active at these strengths (0 or absent: off); nothing is reloaded."""
         with self._lock:
+            self._fusion.unfuse()  # a scale change under merged weights would unmerge the wrong product
             for name in strengths:
                 self._entry(name)
                 self._entries.move_to_end(name)
@@ -174,7 +180,26 @@ class AdapterPool:
             return compose_grid(rows, [f"strength {float(s):g}" for s in strengths], row_labels,
                                 title=f"seed {seed}")
 
+    @property
+    def fused(self) -> tuple | None:
+        """The (name, strength) pairs fused into the base weights now, or None."""
+        return self._fusion.key
+
     # internals (called with the lock held)
+
+    def _apply(self, strengths: dict[str, float], fuse: bool) -> None:
+        mix = tuple((name, float(w)) for name, w in strengths.items() if float(w) != 0.0)
+        if fuse and self._slot is not None:
+            raise StudioError("fuse for speed is for an uncompiled pool; a compiled one hot-swaps instead",
+                              fix="Generate without fuse, or create the pool with compile=False.")
+        if fuse and mix and self._fusion.key == mix:
+            for name in strengths:  # already fused: only the checks and the LRU order of set_strengths
+                self._entry(name)
+                self._entries.move_to_end(name)
+            return
+        self.set_strengths(strengths)
+        if fuse and mix:
+            self._fusion.fuse([name for name, _ in mix], mix)
 
     def _entry(self, name: str) -> LoadReport:
         if name not in self._entries:
@@ -185,6 +210,7 @@ class AdapterPool:
 
     def _inject(self, plan: LoraPlan, adapter: str, hotswap: bool = False) -> None:
         """Load the checked state dict with the two calls `load_lora_weights` makes, minus unmatched keys."""
+        self._fusion.unfuse()
         alphas = plan.network_alphas
         metadata = None if alphas else plan.adapter_metadata
         if not hotswap:  # a hot-swap copies into existing layers: what is active stays as it was
@@ -219,6 +245,7 @@ class AdapterPool:
                 self.pipe.delete_adapters(adapter)
 
     def _drop(self, name: str) -> None:
+        self._fusion.unfuse()
         if self._entries.pop(name).hotswap:
             self._slot.release(name)
         else:
