@@ -32,7 +32,7 @@ RUN apt-get update \
 # The pinned CUDA build of PyTorch in its own layer (the big one), then the project from its own files.
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 COPY . /src
-RUN pip install --no-cache-dir "/src[tensorboard,gpu]" \
+RUN pip install --no-cache-dir "/src[tensorboard]" \
     && install -m 0755 /src/docker/entrypoint.sh /usr/local/bin/docker-entrypoint
 
 # A non-root user owns the two volumes (Docker copies this ownership into new named volumes).
