@@ -19,7 +19,7 @@ from typing import Any
 import gradio as gr
 
 from app.security import inside, safe_name
-from trainer.config import TrainConfig, config_from_dict, field_docs
+from trainer.config import OPTIMIZERS, TrainConfig, config_from_dict, field_docs
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ ADVANCED = (
     Field("network.train_text_encoder", "Train the text encoder too"),
     Field("train.batch_size", "Batch size"),
     Field("train.gradient_accumulation_steps", "Gradient accumulation steps"),
+    Field("optim.optimizer", "Optimizer", choices=OPTIMIZERS),
+    Field("optim.d_coef", "Prodigy: step-size scale (d_coef)"),
     Field("optim.lr_scheduler", "LR schedule", choices=("constant", "linear", "cosine")),
     Field("optim.warmup_steps", "Warmup steps"),
     Field("train.mixed_precision", "Mixed precision", choices=("auto", "no", "fp16", "bf16")),

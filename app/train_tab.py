@@ -23,7 +23,7 @@ LOG_LINES = 14
 JOB_HEADERS = ["id", "name", "status", "step", "loss", "ETA"]
 MEMORY_FIELDS = ("model.base_model", "data.resolution", "network.rank", "network.dropout", "network.train_text_encoder",
                  "train.batch_size", "train.mixed_precision", "train.gradient_checkpointing", "data.shuffle_tags",
-                 "data.caption_dropout")
+                 "data.caption_dropout", "optim.optimizer")
 """Form fields the memory estimate depends on; a change to any of them re-estimates."""
 
 

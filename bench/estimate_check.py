@@ -42,10 +42,11 @@ def measure(model: str, resolution: int, batch: int, checkpointing: bool) -> dic
 
     from trainer.config import load_config
     from trainer.examples import TrainBatch
-    from trainer.loop import _optimizer, training_step
+    from trainer.loop import training_step
     from trainer.models import load_base
     from trainer.models.families import ImageSizes
     from trainer.network import add_lora, trainable_parameters
+    from trainer.optimizers import build_optimizer
     from trainer.precision import place_weights
 
     torch.manual_seed(0)
@@ -59,7 +60,7 @@ def measure(model: str, resolution: int, batch: int, checkpointing: bool) -> dic
     if checkpointing:
         base.pipe.unet.enable_gradient_checkpointing()
     base.pipe.unet.train()
-    optimizer, _ = _optimizer(params, config, 1)
+    optimizer, _ = build_optimizer(params, config, 1)
     scheduler = DDPMScheduler.from_config(base.pipe.scheduler.config)
     text = base.family.encode_text(base.pipe, [""] * batch)  # cached text, as the loop keeps it
     side = resolution // 8

@@ -219,3 +219,21 @@ def test_the_traced_attention_leaves_real_attention_alone_and_skips_the_matrix()
         out = F.scaled_dot_product_attention(meta, meta, meta)
     # output (+ a float32 log-sum-exp per row), never the 8 x 4096 x 4096 attention matrix (512 MiB)
     assert out.shape == meta.shape and tracker.peak < 8 * 4096 * 4096 * 4 / 16
+
+
+def test_each_optimizer_state_is_counted_and_fit_offers_8bit_adam_as_a_setting(tiny_spec):
+    from trainer.config import OPTIMIZERS
+    from trainer.estimate.step import with_settings
+
+    # Rank 128 gives the tiny model LoRA tensors of 4096+ values, which bitsandbytes keeps in 8 bits.
+    config = _config(**{"network.rank": 128, "data.resolution": 64, "train.gradient_checkpointing": True})
+    lora = {name: estimate_step(with_settings(config, optimizer=name), spec=tiny_spec).parts["lora"]
+            for name in OPTIMIZERS}
+    weights_and_grads = estimate_step(config, spec=tiny_spec).parameters["lora"] * 8  # float32 each
+    assert lora["adafactor"] < lora["adamw8bit"] < lora["adamw"] == lora["schedulefree"] < lora["prodigy"]
+    assert lora["adamw"] == weights_and_grads * 2  # AdamW's two float32 moments = weights + gradients
+    adamw, eight = (estimate_step(with_settings(config, optimizer=o), spec=tiny_spec).peak_bytes
+                    for o in ("adamw", "adamw8bit"))
+    found = fit_settings(config, (adamw + eight) // 2)
+    assert found.changes == ['optim.optimizer = "adamw8bit" (needs a CUDA GPU and `pip install bitsandbytes`)']
+    assert found.fitted.settings["optimizer"] == "adamw8bit" and found.fitted.peak_bytes == eight

@@ -90,7 +90,8 @@ def test_trained_text_encoders_are_in_train_mode_so_lora_dropout_applies():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from trainer.loop import _optimizer, prepare_models, trainable_text_fn
+    from trainer.loop import prepare_models, trainable_text_fn
+    from trainer.optimizers import build_optimizer
 
     config = load_config(None, {"network.train_text_encoder": True, "network.dropout": 0.5})
     base, params = _base_with_lora("tiny", config.network)
@@ -102,7 +103,7 @@ def test_trained_text_encoders_are_in_train_mode_so_lora_dropout_applies():
     AcceleratorState._reset_state()
     GradientState._reset_state()
     accelerator = Accelerator(cpu=True)
-    models, _, _ = prepare_models(accelerator, base, params, *_optimizer(params, config, 1))
+    models, _, _ = prepare_models(accelerator, base, params, *build_optimizer(params, config, 1))
     assert all(model.training for model in models.values())
 
     encode = trainable_text_fn(base, models)

@@ -26,6 +26,8 @@ from trainer.errors import ConfigError
 CONFIG_VERSION = 1
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 QUANTIZE_CHOICES = ("none", "nf4")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "schedulefree", "adafactor")
+"""The values of `optim.optimizer` (built in `trainer.optimizers`)."""
 
 
 @dataclass
@@ -102,8 +104,14 @@ class NetworkConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = "adamw"
+    """`adamw` (torch's fused AdamW), `adamw8bit` (bitsandbytes' 8-bit AdamW: about a quarter of AdamW's state;
+    needs a CUDA GPU and `pip install bitsandbytes`), `prodigy` (sets its own step size: use learning_rate 1),
+    `schedulefree` (AdamW without a schedule: lr_scheduler must be constant; warmup_steps is its warmup) or
+    `adafactor` (transformers' Adafactor at a fixed learning rate, factored state: the least memory)."""
     learning_rate: float = 1e-4
-    """Peak learning rate of the UNet LoRA."""
+    """Peak learning rate of the UNet LoRA (about 1e-4 for AdamW, AdamW 8-bit and Adafactor; 1.0 for Prodigy,
+    which multiplies its own estimate by it)."""
     text_encoder_lr: float = 0.0
     """Learning rate of the text-encoder LoRA; 0 uses `learning_rate`."""
     weight_decay: float = 1e-2
@@ -120,6 +128,9 @@ class OptimConfig:
     """`constant`, `linear` or `cosine` (all after warmup)."""
     warmup_steps: int = 0
     """Steps of linear warmup from 0 to the learning rate."""
+    d_coef: float = 1.0
+    """Prodigy only: scales its estimate of the step size (2 learns faster, 0.5 slower); leave
+    learning_rate at 1."""
 
 
 @dataclass

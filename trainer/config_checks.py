@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
-from trainer.config import CONFIG_VERSION, QUANTIZE_CHOICES, TrainConfig
+from trainer.config import CONFIG_VERSION, OPTIMIZERS, QUANTIZE_CHOICES, TrainConfig
 from trainer.errors import ConfigError
 
 
@@ -54,6 +54,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.optim.lr_scheduler in ("constant", "linear", "cosine"),
          f"optim.lr_scheduler must be constant, linear or cosine, got {c.optim.lr_scheduler!r}")
     need(c.optim.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {c.optim.warmup_steps}")
+    problems += optimizer_problems(c)
     need(c.train.steps >= 1, f"train.steps must be >= 1, got {c.train.steps}")
     need(c.train.batch_size >= 1, f"train.batch_size must be >= 1, got {c.train.batch_size}")
     need(c.train.gradient_accumulation_steps >= 1,
@@ -136,6 +137,41 @@ def ema_problems(c: TrainConfig) -> list[str]:
         return ["train.ema_on_cpu places the EMA copy, but train.ema_decay is 0 (EMA off): set train.ema_decay "
                 "(like 0.999), or train.ema_on_cpu = false"]
     return []
+
+
+PRODIGY_LR = (0.1, 10.0)
+"""Prodigy multiplies its own step-size estimate by the learning rate: 1 is the value its authors and the
+anchors' recipes use; outside this range the estimate is overridden (scale it with optim.d_coef instead)."""
+
+
+def optimizer_problems(c: TrainConfig) -> list[str]:
+    """`optim.optimizer` and the settings it needs. Whether this machine can run it (adamw8bit needs CUDA and
+    bitsandbytes) is checked at the start of a run, where the device is known: `trainer.optimizers`."""
+    optim = c.optim
+    if optim.optimizer not in OPTIMIZERS:
+        return [f"optim.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optim.optimizer!r}"]
+    problems = []
+    if optim.d_coef <= 0:
+        problems.append(f"optim.d_coef must be > 0 (1 is Prodigy's own estimate), got {optim.d_coef}")
+    low, high = PRODIGY_LR
+    if optim.optimizer == "prodigy":
+        if not low <= optim.learning_rate <= high:
+            problems.append(f"optim.learning_rate = {optim.learning_rate} with optim.optimizer = 'prodigy': "
+                            "Prodigy sets its own step size and multiplies it by the learning rate; set "
+                            "optim.learning_rate = 1 (and scale the step with optim.d_coef, like 2 or 0.5)")
+        if optim.text_encoder_lr not in (0.0, optim.learning_rate):
+            problems.append(f"optim.text_encoder_lr = {optim.text_encoder_lr} with optim.optimizer = 'prodigy': "
+                            "Prodigy takes one learning rate for every group; set optim.text_encoder_lr = 0 "
+                            "(the same as optim.learning_rate), or use optim.optimizer = 'adamw'")
+    if optim.optimizer == "schedulefree" and optim.lr_scheduler != "constant":
+        problems.append(f"optim.lr_scheduler = '{optim.lr_scheduler}' with optim.optimizer = 'schedulefree': "
+                        "schedule-free AdamW replaces the schedule by averaging its weights; set "
+                        "optim.lr_scheduler = 'constant' (optim.warmup_steps still warms it up)")
+    if optim.optimizer == "schedulefree" and c.train.ema_decay:
+        problems.append(f"train.ema_decay = {c.train.ema_decay} with optim.optimizer = 'schedulefree': schedule-free "
+                        "AdamW already averages its weights (and samples and exports the average); set "
+                        "train.ema_decay = 0, or use optim.optimizer = 'adamw' with EMA")
+    return problems
 
 
 MAX_SEED = 2**32 - 1

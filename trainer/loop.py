@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import compute_snr
 
 from trainer import checkpoint as ckpt
@@ -40,6 +39,7 @@ from trainer.models import load_base
 from trainer.models.quantize import check_available as check_quantize_available
 from trainer.models.quantize import quantize_unet
 from trainer.network import add_lora, trainable_parameters
+from trainer.optimizers import build_optimizer, check_available, evaluating
 from trainer.precision import choose_mixed_precision, place_weights, weight_dtype
 from trainer.samples import render_samples
 from trainer.state_hooks import register_lora_state_hooks
@@ -118,6 +118,7 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
 
 def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Result:
     cfg = config.train
+    check_available(config, accelerator.device)  # an optimizer this machine cannot run (adamw8bit on a CPU)
     # Check the data before any model loads: the doctor's errors stop the run here, with its report.
     items, report = check_dataset(config)
     items, held_out = val.split_items(items, config)
@@ -152,7 +153,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     pipe.vae.to(dtype=frozen_dtype)
 
     # Optimizer, LR schedule, and every trained model wrapped by accelerate (DDP all-reduces their gradients).
-    optimizer, lr_scheduler = _optimizer(params, config, accelerator.num_processes)
+    optimizer, lr_scheduler = build_optimizer(params, config, accelerator.num_processes)
     register_lora_state_hooks(accelerator, base, lora_configs)
     models, optimizer, lr_scheduler = prepare_models(accelerator, base, params, optimizer, lr_scheduler)
     unet = models["unet"]
@@ -164,6 +165,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     if resume_at is not None:
         state = ckpt.load_checkpoint(accelerator, resume_at, config)
         step, micro_step = state.step, state.micro_step
+    optimizer.train()  # schedule-free optimizers step in train mode (checkpoints hold eval mode); others: no-op
 
     if accelerator.is_main_process:
         Path(config.export.output_dir).mkdir(parents=True, exist_ok=True)
@@ -219,18 +221,24 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         tracking.log_progress(accelerator, step, step_loss, lr, rate)
 
         stopped = step < cfg.steps and dist.agree_to_stop(accelerator, should_stop())
-        if validator is not None and validator.due(step):
-            with swapped_in(ema):  # with EMA on, the average is what is scored, kept as best, sampled, exported
-                early_stopped = validator.check(accelerator, unet, step, emit, export_best) and step < cfg.steps
-        if config.sample.every_n_steps and (step % config.sample.every_n_steps == 0 or step == cfg.steps):
-            with swapped_in(ema):
-                _samples(accelerator, base, config, examples, workdir, step, resolution, emit)
-        if stopped or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps):
-            _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit, validator)
+        validate_now = validator is not None and validator.due(step)
+        sample_now = config.sample.every_n_steps and (step % config.sample.every_n_steps == 0 or step == cfg.steps)
+        save_now = stopped or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps)
+        # Schedule-free optimizers are scored, sampled and saved at their averaged weights (see `evaluating`).
+        with evaluating(optimizer, when=bool(validate_now or sample_now or save_now)):
+            if validate_now:
+                with swapped_in(ema):  # with EMA on, the average is what is scored, kept as best, sampled, exported
+                    early_stopped = validator.check(accelerator, unet, step, emit, export_best) and step < cfg.steps
+            if sample_now:
+                with swapped_in(ema):
+                    _samples(accelerator, base, config, examples, workdir, step, resolution, emit)
+            if save_now:
+                _checkpoint(accelerator, workdir, config, step, micro_step, epoch, emit, validator)
         if stopped or early_stopped:
             break
 
     # Export the LoRA in both key formats (and the config beside it) from the main process only.
+    optimizer.eval()  # schedule-free: the averaged weights are the LoRA; a no-op for the other optimizers
     accelerator.wait_for_everyone()
     keep_average(ema)
     dist.write_rank_report(accelerator, _lora_state(base, lora_configs), losses)
@@ -323,20 +331,6 @@ def _batches_at(examples, micro_step, cfg, world, cache) -> tuple[int, list[list
     if cache.get("epoch") != epoch:
         cache.update(epoch=epoch, batches=global_batches(epoch))
     return epoch, cache["batches"]
-
-
-def _optimizer(params, config: TrainConfig, world: int):
-    """AdamW over the LoRA groups in `params`' order; accelerate steps the schedule once per process, hence
-    the factor `world`."""
-    optim = config.optim
-    groups = [{"params": group, "lr": optim.learning_rate if name == "unet"
-               else optim.text_encoder_lr or optim.learning_rate} for name, group in params.items()]
-    # fused: one kernel for all LoRA tensors instead of a Python loop over them (CPU and CUDA alike).
-    optimizer = torch.optim.AdamW(groups, betas=(optim.beta1, optim.beta2), fused=True,
-                                  weight_decay=optim.weight_decay, eps=optim.eps)
-    lr_scheduler = get_scheduler(optim.lr_scheduler, optimizer, num_warmup_steps=optim.warmup_steps * world,
-                                 num_training_steps=config.train.steps * world)
-    return optimizer, lr_scheduler
 
 
 def prepare_models(accelerator, base, params, optimizer, lr_scheduler):

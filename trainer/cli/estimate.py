@@ -13,7 +13,7 @@ import argparse
 import json
 
 from trainer.cli.train import overrides_from_args
-from trainer.config import load_config
+from trainer.config import OPTIMIZERS, load_config
 
 
 def register(subparsers) -> None:
@@ -37,8 +37,8 @@ def register(subparsers) -> None:
                         help="recompute UNet activations in backward (train.gradient_checkpointing)")
     parser.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"],
                         help="auto is estimated as bf16 (what it picks on a current GPU)")
-    parser.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default="adamw",
-                        help="optimizer state to count (adamw8bit: bitsandbytes' 8-bit AdamW)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
+                        help="optim.optimizer, whose state is counted (adamw8bit: bitsandbytes' 8-bit AdamW)")
     parser.add_argument("--fit", metavar="SIZE", help="also say which settings would fit SIZE (like 8GB)")
     parser.add_argument("--json", action="store_true", help="print the parts and the total (peak_bytes) as JSON")
     parser.set_defaults(handler=run)
@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     budget = parse_size(args.fit) if args.fit else None
     if budget is None:
-        est, fit = estimate_step(config, family=args.family, optimizer=args.optimizer), None
+        est, fit = estimate_step(config, family=args.family), None
     else:
-        fit = fit_settings(config, budget, family=args.family, optimizer=args.optimizer)
+        fit = fit_settings(config, budget, family=args.family)
         est = fit.original
     if args.json:
         record = est.to_dict()

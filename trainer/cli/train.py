@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from trainer.config import load_config
+from trainer.config import OPTIMIZERS, load_config
 from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started, Validation
 
 # flag -> dotted config field; flags override the file.
@@ -19,6 +19,7 @@ FLAG_FIELDS = {
     "rank": "network.rank",
     "alpha": "network.alpha",
     "lr": "optim.learning_rate",
+    "optimizer": "optim.optimizer",
     "batch_size": "train.batch_size",
     "resolution": "data.resolution",
     "seed": "train.seed",
@@ -63,6 +64,9 @@ def register(subparsers) -> None:
     parser.add_argument("--rank", type=int)
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--lr", type=float, help="learning rate")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS,
+                        help="adamw (default), adamw8bit (CUDA + bitsandbytes), prodigy (use --lr 1), schedulefree "
+                             "(constant schedule) or adafactor")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--seed", type=int)

@@ -45,40 +45,41 @@ class FitResult:
 
 
 def _steps(config: TrainConfig, resolution: int):
-    """(change for the config, the line the user sets, an optimizer name or None) in the order to try them."""
-    yield {"gradient_checkpointing": True}, "train.gradient_checkpointing = true", None
+    """(change for the config, the line the user sets) in the order to try them."""
+    if not config.train.gradient_checkpointing:
+        yield {"gradient_checkpointing": True}, "train.gradient_checkpointing = true"
     if config.train.batch_size > 1:
-        yield {"batch_size": 1}, "train.batch_size = 1", None
+        yield {"batch_size": 1}, "train.batch_size = 1"
     if config.network.train_text_encoder or config.data.shuffle_tags or config.data.caption_dropout:
         yield ({"train_text_encoder": False}, "network.train_text_encoder = false, data.shuffle_tags = false, "
-               "data.caption_dropout = 0 (cached text)", None)
-    yield {}, "8-bit Adam (bitsandbytes AdamW8bit; not yet a train setting)", "adamw8bit"
+               "data.caption_dropout = 0 (cached text)")
+    if config.optim.optimizer == "adamw":  # the others would need another learning rate too
+        yield ({"optimizer": "adamw8bit"},
+               'optim.optimizer = "adamw8bit" (needs a CUDA GPU and `pip install bitsandbytes`)')
     while resolution > MIN_RESOLUTION:
         resolution = max(MIN_RESOLUTION, (resolution * 3 // 4) // 64 * 64)
-        yield {"resolution": resolution}, f"data.resolution = {resolution}", None
+        yield {"resolution": resolution}, f"data.resolution = {resolution}"
 
 
 def fit_settings(config: TrainConfig, budget: int, family: str | None = None,
-                 optimizer: str = "adamw") -> FitResult:
+                 optimizer: str | None = None) -> FitResult:
     """Add cheaper settings one at a time (gradient checkpointing, batch 1, cached text, 8-bit Adam, then
-    lower resolutions) until the estimate fits `budget`; the first combination that fits is the answer."""
+    lower resolutions) until the estimate fits `budget`; the first combination that fits is the answer.
+    `optimizer` overrides `optim.optimizer`."""
     spec = model_spec(config.model, family)
-    original = estimate_step(config, optimizer=optimizer, spec=spec)
+    if optimizer is not None:
+        config = with_settings(config, optimizer=optimizer)
+    original = estimate_step(config, spec=spec)
     result = FitResult(budget, original)
     if original.peak_bytes <= budget:
         return result
     changes: list[str] = []
-    current, current_optimizer = config, optimizer
+    current = config
     resolution = original.settings["resolution"]
-    for change, line, new_optimizer in _steps(config, resolution):
-        if change.get("gradient_checkpointing") and config.train.gradient_checkpointing:
-            continue
+    for change, line in _steps(config, resolution):
         current = with_settings(current, **change)
-        current_optimizer = new_optimizer or current_optimizer
-        if new_optimizer == optimizer:
-            continue
         changes.append(line)
-        est = estimate_step(current, optimizer=current_optimizer, spec=spec)
+        est = estimate_step(current, spec=spec)
         result.tried.append((list(changes), est.peak_bytes))
         if est.peak_bytes <= budget:
             result.changes, result.fitted = changes, est

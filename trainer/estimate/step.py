@@ -7,7 +7,9 @@ How each part is found (no rule of thumb):
 - weights: every parameter and buffer of the UNet, VAE and text encoder(s) × its dtype size, as
   `precision.place_weights` puts them on the device (compute dtype; SDXL's VAE float32 under fp16);
 - lora: the LoRA parameters peft adds (`network.add_lora`'s configs, on the meta model), float32, plus
-  their float32 gradients and the optimizer state (AdamW: 2 × float32 each; 8-bit Adam: 2 × 1 byte);
+  their float32 gradients and the state `optim.optimizer` keeps for each tensor, as it allocates it
+  (`optimizers.state_bytes`: AdamW and schedule-free 8 bytes a parameter, Prodigy 12-16, 8-bit Adam about 2
+  for tensors of 4096 values or more, Adafactor a row and a column per matrix);
 - activations: the bytes still alive when the forward has produced the loss, i.e. what autograd saved for
   backward (measured by `tracker.PeakTracker` on the meta device, gradient checkpointing on or off as set);
 - workspace: the rest of the traced high-water mark, on top of the activations: the transient outputs and
@@ -32,9 +34,8 @@ from trainer.config import TrainConfig
 from trainer.estimate.build import ModelSpec, build_meta, model_spec, parameter_count
 from trainer.estimate.tracker import PeakTracker, fused_attention, module_tensors
 from trainer.examples import captions_are_static
+from trainer.optimizers import state_bytes
 
-OPTIMIZER_STATE_BYTES = {"adamw": 8, "adamw8bit": 2}
-"""Optimizer state per trained parameter: AdamW's two float32 moments; bitsandbytes' 8-bit Adam's two bytes."""
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKENS = 77
 
@@ -58,7 +59,7 @@ class Estimate:
                 "parameters": dict(self.parameters), "source": self.source}
 
 
-def step_settings(config: TrainConfig, spec: ModelSpec, optimizer: str = "adamw") -> dict:
+def step_settings(config: TrainConfig, spec: ModelSpec, optimizer: str | None = None) -> dict:
     """The settings that decide memory, resolved as the loop resolves them (`auto` precision is bf16: the
     estimate is for an accelerator, and bf16 is what `auto` picks on one that supports it)."""
     precision = config.train.mixed_precision
@@ -69,12 +70,13 @@ def step_settings(config: TrainConfig, spec: ModelSpec, optimizer: str = "adamw"
             "gradient_checkpointing": config.train.gradient_checkpointing,
             "train_text_encoder": config.network.train_text_encoder,
             "cached_text": captions_are_static(config.data) and not config.network.train_text_encoder,
-            "optimizer": optimizer, "quantize": config.model.quantize}
+            "optimizer": optimizer or config.optim.optimizer, "quantize": config.model.quantize}
 
 
-def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str = "adamw",
+def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str | None = None,
                   spec: ModelSpec | None = None) -> Estimate:
-    """Estimate one training step of `config` (see the module docstring); `spec` skips re-reading configs."""
+    """Estimate one training step of `config` (see the module docstring); `spec` skips re-reading configs;
+    `optimizer` counts another optimizer's state than `optim.optimizer`'s."""
     spec = spec or model_spec(config.model, family)
     settings = step_settings(config, spec, optimizer)
     net = config.network
@@ -83,10 +85,11 @@ def estimate_step(config: TrainConfig, family: str | None = None, optimizer: str
     key = json.dumps([spec.source, traced, net.dropout, net.use_dora, net.use_rslora], sort_keys=True)
     if key not in _TRACED:
         _TRACED[key] = _measure(config, spec, settings)
-    weights, savings, counts, traced_peak, forward_bytes, traced_grads = _TRACED[key]
+    weights, savings, counts, shapes, traced_peak, forward_bytes, traced_grads = _TRACED[key]
     if settings["quantize"] != "none":
         weights -= savings
-    parts = {"weights": weights, "lora": counts["lora"] * (4 + 4 + OPTIMIZER_STATE_BYTES[optimizer]),
+    lora = counts["lora"] * (4 + 4) + state_bytes(settings["optimizer"], shapes)  # float32 weights, gradients
+    parts = {"weights": weights, "lora": lora,
              "activations": forward_bytes, "workspace": max(traced_peak - forward_bytes - traced_grads, 0)}
     if config.train.ema_decay and not config.train.ema_on_cpu:
         parts["ema"] = counts["lora"] * 4  # trainer/ema.py: one float32 copy on the device
@@ -99,7 +102,8 @@ _TRACED: dict[str, tuple] = {}
 
 def _measure(config: TrainConfig, spec: ModelSpec, settings: dict) -> tuple:
     """Build the meta model with LoRA, count its weights and trace a step: (weights, bytes a 4-bit UNet
-    saves, counts, peak, forward, LoRA gradient bytes)."""
+    saves, counts, LoRA shapes, peak, forward, LoRA gradient bytes); a shape comes with whether the tensor
+    starts at zero (LoRA's B)."""
     from trainer.network import add_lora, trainable_parameters
 
     compute = DTYPES[settings["mixed_precision"]]
@@ -117,7 +121,9 @@ def _measure(config: TrainConfig, spec: ModelSpec, settings: dict) -> tuple:
     counts = {name: parameter_count(m) - sum(p.numel() for p in m.parameters() if p.requires_grad)
               for name, m in parts.items()}
     counts["lora"] = sum(p.numel() for p in params)
-    return (weights, savings, counts, *_trace(base, settings, compute))
+    shapes = [(tuple(p.shape), "lora_B" in n) for m in parts.values() for n, p in m.named_parameters()
+              if p.requires_grad]
+    return (weights, savings, counts, shapes, *_trace(base, settings, compute))
 
 
 def quantized_savings(unet: torch.nn.Module) -> int:
@@ -188,8 +194,10 @@ class _Tokenizer:
 
 def with_settings(config: TrainConfig, **changes) -> TrainConfig:
     """A copy of `config` with dotted-free shortcuts changed: batch_size, resolution, gradient_checkpointing,
-    train_text_encoder, mixed_precision (what `fit` tries)."""
-    train, data, network = config.train, config.data, config.network
+    train_text_encoder, mixed_precision, optimizer (what `fit` tries)."""
+    train, data, network, optim = config.train, config.data, config.network, config.optim
+    if "optimizer" in changes:
+        optim = dataclasses.replace(optim, optimizer=changes["optimizer"])
     for key in ("batch_size", "gradient_checkpointing", "mixed_precision"):
         if key in changes:
             train = dataclasses.replace(train, **{key: changes[key]})
@@ -199,4 +207,4 @@ def with_settings(config: TrainConfig, **changes) -> TrainConfig:
         network = dataclasses.replace(network, train_text_encoder=changes["train_text_encoder"])
         if not changes["train_text_encoder"]:
             data = dataclasses.replace(data, shuffle_tags=False, caption_dropout=0.0, keep_tokens=0)
-    return dataclasses.replace(config, train=train, data=data, network=network)
+    return dataclasses.replace(config, train=train, data=data, network=network, optim=optim)
