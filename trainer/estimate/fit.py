@@ -56,6 +56,8 @@ def _steps(config: TrainConfig, resolution: int):
     if config.optim.optimizer == "adamw":  # the others would need another learning rate too
         yield ({"optimizer": "adamw8bit"},
                'optim.optimizer = "adamw8bit" (needs a CUDA GPU and `pip install bitsandbytes`)')
+    if config.model.quantize == "none":
+        yield {"quantize": "nf4"}, 'model.quantize = "nf4" (4-bit frozen UNet; `pip install \'lora-studio[quant]\'`)'
     while resolution > MIN_RESOLUTION:
         resolution = max(MIN_RESOLUTION, (resolution * 3 // 4) // 64 * 64)
         yield {"resolution": resolution}, f"data.resolution = {resolution}"
@@ -63,8 +65,8 @@ def _steps(config: TrainConfig, resolution: int):
 
 def fit_settings(config: TrainConfig, budget: int, family: str | None = None,
                  optimizer: str | None = None) -> FitResult:
-    """Add cheaper settings one at a time (gradient checkpointing, batch 1, cached text, 8-bit Adam, then
-    lower resolutions) until the estimate fits `budget`; the first combination that fits is the answer.
+    """Add cheaper settings one at a time (gradient checkpointing, batch 1, cached text, 8-bit Adam, a 4-bit
+    UNet, then lower resolutions) until the estimate fits `budget`; the first combination that fits is the answer.
     `optimizer` overrides `optim.optimizer`."""
     spec = model_spec(config.model, family)
     if optimizer is not None:

@@ -194,8 +194,10 @@ class _Tokenizer:
 
 def with_settings(config: TrainConfig, **changes) -> TrainConfig:
     """A copy of `config` with dotted-free shortcuts changed: batch_size, resolution, gradient_checkpointing,
-    train_text_encoder, mixed_precision, optimizer (what `fit` tries)."""
-    train, data, network, optim = config.train, config.data, config.network, config.optim
+    train_text_encoder, mixed_precision, optimizer, quantize (what `fit` tries)."""
+    train, data, network, optim, model = config.train, config.data, config.network, config.optim, config.model
+    if "quantize" in changes:
+        model = dataclasses.replace(model, quantize=changes["quantize"])
     if "optimizer" in changes:
         optim = dataclasses.replace(optim, optimizer=changes["optimizer"])
     for key in ("batch_size", "gradient_checkpointing", "mixed_precision"):
@@ -207,4 +209,4 @@ def with_settings(config: TrainConfig, **changes) -> TrainConfig:
         network = dataclasses.replace(network, train_text_encoder=changes["train_text_encoder"])
         if not changes["train_text_encoder"]:
             data = dataclasses.replace(data, shuffle_tags=False, caption_dropout=0.0, keep_tokens=0)
-    return dataclasses.replace(config, train=train, data=data, network=network, optim=optim)
+    return dataclasses.replace(config, model=model, train=train, data=data, network=network, optim=optim)
