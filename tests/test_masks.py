@@ -102,6 +102,13 @@ def test_the_doctor_names_each_bad_mask_and_the_fix(tmp_path):
     assert ignoring.ok and len(ignoring.items) == 5
     assert "5 of 5 images have a .mask.png, ignored (data.masked_loss is off)" in ignoring.format()
 
+    from trainer.cli import build_parser, main
+    from trainer.cli.train import overrides_from_args
+
+    assert main(["doctor", str(root)]) == 1 and main(["doctor", str(root), "--no-masked-loss"]) == 0
+    args = build_parser().parse_args(["train", "--no-masked-loss", "--alpha-mask"])
+    assert overrides_from_args(args) == {"data.masked_loss": False, "data.alpha_mask": True}
+
 
 @pytest.mark.parametrize(("size", "bucket", "random_crop"), [
     ((150, 90), (128, 64), False),   # resized by 0.85 (Lanczos), then 4 px cropped off the width
@@ -268,3 +275,18 @@ def test_training_and_validation_obey_the_masks(tmp_path, example_dataset):
     assert any(loss > 0.0 for loss in result.losses), "steps that drew the other image do"
     validation = [e.loss for e in events if type(e).__name__ == "Validation"]
     assert validation == [0.0, 0.0]
+
+
+def test_the_train_form_offers_both_mask_settings_with_their_help(tmp_path):
+    import gradio as gr
+
+    from app import forms
+
+    with gr.Blocks():
+        widgets = forms.build_fields(forms.ADVANCED)
+    assert isinstance(widgets["data.masked_loss"], gr.Checkbox) and widgets["data.masked_loss"].value is True
+    assert "(white = train" in widgets["data.masked_loss"].info
+    assert "alpha channel" in widgets["data.alpha_mask"].info and widgets["data.alpha_mask"].value is False
+    values = {**forms.config_to_values(TrainConfig()), "data.masked_loss": False, "data.alpha_mask": True}
+    config = forms.values_to_config(values, tmp_path, dataset="cats")
+    assert (config.data.masked_loss, config.data.alpha_mask) == (False, True)
