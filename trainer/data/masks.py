@@ -44,11 +44,6 @@ def is_mask_file(path: Path) -> bool:
     return path.name.lower().endswith(MASK_SUFFIX)
 
 
-def mask_name(image: Path) -> str:
-    """The file name of `image`'s mask: `01.jpg` -> `01.mask.png`."""
-    return image.stem + MASK_SUFFIX
-
-
 def pair_masks(items: list, masks: list[Path]) -> list[Path]:
     """Set each item's `mask_path` to the mask beside it (names compared ignoring case); the unpaired masks."""
     by_name = {(m.parent, m.name[:-len(MASK_SUFFIX)].lower()): m for m in masks}
@@ -72,11 +67,11 @@ def read_mask(path: Path) -> Image.Image:
 
 def mask_for(item, data, raw: Image.Image) -> Image.Image | None:
     """The loss mask of `item` whose decoded image is `raw`, as `data` says; None means 1 everywhere."""
-    if data.masked_loss and getattr(item, "mask_path", None) is not None:
+    if data.masked_loss and item.mask_path is not None:
         mask = read_mask(item.mask_path)
         if mask.size != raw.size:
-            raise DatasetError(size_mismatch(mask.size, raw.size, item.image_path), where=str(item.mask_path),
-                               fix=size_fix(raw.size))
+            raise DatasetError(_size_mismatch(mask.size, raw.size, item.image_path), where=str(item.mask_path),
+                               fix=_size_fix(raw.size))
         return mask
     if data.alpha_mask and has_alpha(raw):
         return raw.convert("RGBA").getchannel("A")
@@ -89,14 +84,14 @@ def open_with_mask(item, data) -> tuple[Image.Image, Image.Image | None]:
     return to_rgb(raw, data.background), mask_for(item, data, raw)
 
 
-def size_mismatch(mask_size: tuple[int, int], image_size: tuple[int, int], image: Path) -> str:
+def _size_mismatch(mask_size: tuple[int, int], image_size: tuple[int, int], image: Path) -> str:
     rotated = (" (width and height swapped: if the image is turned by its EXIF orientation, turn the mask the "
                "same way)") if mask_size == image_size[::-1] else ""
     return (f"is {mask_size[0]}x{mask_size[1]} but its image {image.name} is {image_size[0]}x{image_size[1]}, "
             f"so it cannot line up{rotated}")
 
 
-def size_fix(image_size: tuple[int, int]) -> str:
+def _size_fix(image_size: tuple[int, int]) -> str:
     return f"Save the mask at {image_size[0]}x{image_size[1]}, the size of its image, or delete it."
 
 
@@ -153,7 +148,7 @@ class MaskCheck:
 
 def check_mask(item, loaded, data) -> list[MaskCheck]:
     """What is wrong with `item`'s mask, if it has one (`loaded`: its image as `read_image` gave it)."""
-    if not data.masked_loss or getattr(item, "mask_path", None) is None:
+    if not data.masked_loss or item.mask_path is None:
         return []
     try:
         mask = read_mask(item.mask_path)
@@ -161,7 +156,7 @@ def check_mask(item, loaded, data) -> list[MaskCheck]:
         return [MaskCheck("error", "bad-mask", item.mask_path, err.what, err.fix or _MASK_FIX)]
     if mask.size != loaded.image.size:
         return [MaskCheck("error", "mask-size", item.mask_path,
-                          size_mismatch(mask.size, loaded.image.size, item.image_path), size_fix(loaded.image.size))]
+                          _size_mismatch(mask.size, loaded.image.size, item.image_path), _size_fix(loaded.image.size))]
     if mask.getextrema()[1] == 0:
         return [MaskCheck("warning", "black-mask", item.mask_path,
                           f"is black everywhere, so {item.image_path.name} trains nothing",
@@ -171,7 +166,7 @@ def check_mask(item, loaded, data) -> list[MaskCheck]:
 
 def mask_summary(items: list, data) -> str:
     """The doctor's summary of loss masks: how many images have a mask file, and whether alpha is used."""
-    files = sum(1 for i in items if getattr(i, "mask_path", None) is not None)
+    files = sum(1 for i in items if i.mask_path is not None)
     parts = []
     if files:
         ignored = "" if data.masked_loss else ", ignored (data.masked_loss is off)"
