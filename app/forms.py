@@ -76,6 +76,8 @@ ADVANCED = (
     Field("data.flip", "Random horizontal flip"),
     Field("data.shuffle_tags", "Shuffle caption tags"),
     Field("data.caption_dropout", "Caption dropout", minimum=0, maximum=1, step=0.05),
+    Field("data.masked_loss", "Masked loss: weight by <name>.mask.png files"),
+    Field("data.alpha_mask", "Masked loss: use the alpha channel of images without a mask file"),
     Field("export.dtype", "Saved tensor type", choices=("float16", "bfloat16", "float32")),
     Field("data.validation_fraction", "Validation: fraction of images held out", minimum=0, maximum=0.5,
           step=0.05),

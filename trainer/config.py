@@ -73,6 +73,12 @@ class DataConfig:
     """Probability of training a step with an empty caption (0..1)."""
     background: str = "#ffffff"
     """Colour that transparent pixels are composited on."""
+    masked_loss: bool = True
+    """Weight each image's loss by its mask where it has one: `<name>.mask.png` beside `<name>.png` (white = train,
+    black = ignore, grey = in between), at latent resolution. Off: the masks are ignored (never trained as images)."""
+    alpha_mask: bool = False
+    """Use the alpha channel of images that have one as their loss mask (transparent = ignored), where no
+    `<name>.mask.png` is given. Off: transparent pixels are trained, composited on `data.background`."""
     skip_bad_images: bool = False
     """Drop images the dataset doctor refuses (and list them) instead of refusing the whole run."""
     cache_dir: str = ""

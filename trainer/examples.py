@@ -8,6 +8,7 @@ The VAE's latent distribution (mean and std) is cached per image, and a fresh la
 step with the global RNG, so caching changes neither the training signal nor the ability to resume exactly.
 Images are sized to their aspect-ratio bucket (`data.bucketing`); with `data.cache_dir` set, latents and text
 embeddings are also kept on disk, keyed by content (trainer/data/cache.py), and reused by later runs.
+An image's loss mask (trainer/data/masks.py) is resized, cropped and flipped with it and kept at latent size.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 
 from trainer.config import DataConfig
-from trainer.data import DatasetItem, add_trigger, assign_buckets, build_caption, open_image, prepare_image
+from trainer.data import DatasetItem, add_trigger, assign_buckets, build_caption, prepare_image
 from trainer.data.cache import file_sha256, latent_key, module_identity, open_cache, text_key
+from trainer.data.masks import batch_mask, crop_mask, flip_mask, open_with_mask, to_latent_grid
 from trainer.models.families import ImageSizes
 
 TEXT_BATCH = 32
@@ -42,6 +44,8 @@ class Example:
     pixels: torch.Tensor | None = None
     flipped_mean: torch.Tensor | None = None
     flipped_std: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    """The loss mask: (H, W) pixel weights until encoded, then (1, h, w) at latent size; None: 1 everywhere."""
 
 
 @dataclass
@@ -117,21 +121,23 @@ class ExampleSet:
             text = self.base.family.encode_text(self.base.pipe, captions)
         sizes = ImageSizes([ex.original_size for ex in chosen], [ex.crop_top_left for ex in chosen],
                            chosen[0].size[::-1])
-        return TrainBatch(latents, text, sizes)
+        return TrainBatch(latents, text, sizes, mask=batch_mask([ex.mask for ex in chosen], mean.shape, self.device))
 
     def _oriented(self, example: Example, rng: np.random.Generator) -> Example:
         """The example as trained this step: mirrored half of the time when `data.flip` is on."""
         if self.data.flip and rng.random() < 0.5:
-            return dataclasses.replace(example, latent_mean=example.flipped_mean, latent_std=example.flipped_std)
+            return dataclasses.replace(example, latent_mean=example.flipped_mean, latent_std=example.flipped_std,
+                                       mask=flip_mask(example.mask))
         return example
 
     def _load(self, item: DatasetItem, size: tuple[int, int]) -> Example:
-        image = open_image(item.image_path, background=self.data.background)
+        image, mask = open_with_mask(item, self.data)
         # Latents are encoded once, so a random crop is drawn once per image, seeded by its path.
         crop_rng = random.Random(str(item.image_path)) if self.data.random_crop else None
         pixels, crop = prepare_image(image, size[0], size[1], random_crop=self.data.random_crop, rng=crop_rng)
         caption = add_trigger(item.caption, self.data.trigger_word)
-        return Example(item, caption, size, (image.height, image.width), crop, pixels=pixels)
+        return Example(item, caption, size, (image.height, image.width), crop, pixels=pixels,
+                       mask=crop_mask(mask, size[0], size[1], crop))
 
     @functools.cached_property
     def _latent_cache(self):
@@ -157,6 +163,7 @@ class ExampleSet:
             else:
                 example.latent_mean, example.latent_std = mean, std
         example.pixels = None
+        example.mask = to_latent_grid(example.mask, example.latent_mean.shape[-2:], self.device)
         return example
 
     def _encode_pixels(self, vae, pixels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,7 +8,8 @@
 The loss of each validation image is the mean over `train.validation_timesteps` timesteps spread evenly over
 the noise schedule, each with noise (and a latent draw) from a generator seeded by (seed, image, timestep):
 the same every check, so the curve moves only because the LoRA did. It is plain MSE against the model's
-target (no min-SNR weighting, no noise offset), with the LoRA in eval mode (no dropout) and no grad.
+target (no min-SNR weighting, no noise offset), weighted by the image's loss mask as in training
+(trainer/data/masks.py), with the LoRA in eval mode (no dropout) and no grad.
 Every rank scores its share (images rank, rank + world, …) and the sums are gathered, so all ranks see
 the same number and take the same early-stop decision.
 """
@@ -143,7 +144,10 @@ class Validator:
         unet_dtype = next(p.dtype for p in model.parameters() if not p.requires_grad)
         kwargs = base.family.unet_kwargs({k: v.to(unet_dtype) for k, v in text.items()}, sizes)
         prediction = model(noisy.to(unet_dtype), timesteps, **kwargs).sample
-        return F.mse_loss(prediction.float(), target.float()).item()  # equal-sized rows: the mean of the means
+        from trainer.loop import per_example_loss  # here: loop imports this module
+
+        squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        return per_example_loss(squared, batch).mean().item()  # one image, one mask: the mean of the means
 
 
 def best_name(config: TrainConfig) -> str:

@@ -23,6 +23,8 @@ FLAG_FIELDS = {
     "caption_extension": "data.caption_extension",
     "default_caption": "data.default_caption",
     "background": "data.background",
+    "masked_loss": "data.masked_loss",
+    "alpha_mask": "data.alpha_mask",
 }
 
 
@@ -47,6 +49,10 @@ def register(subparsers) -> None:
     parser.add_argument("--background", help="colour under transparent pixels")
     parser.add_argument("--skip-bad-images", action="store_true", default=None,
                         help="list bad images as skipped instead of errors")
+    parser.add_argument("--no-masked-loss", dest="masked_loss", action="store_false", default=None,
+                        help="ignore the loss masks (<name>.mask.png): not checked, not used")
+    parser.add_argument("--alpha-mask", action="store_true", default=None,
+                        help="use the alpha channel of images without a mask file as their loss mask")
     parser.add_argument("--no-bucketing", dest="bucketing", action="store_false", default=None,
                         help="square crops instead of aspect-ratio buckets")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

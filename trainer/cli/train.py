@@ -26,6 +26,8 @@ FLAG_FIELDS = {
     "save_every": "train.save_every",
     "trigger_word": "data.trigger_word",
     "skip_bad_images": "data.skip_bad_images",
+    "masked_loss": "data.masked_loss",
+    "alpha_mask": "data.alpha_mask",
     "num_processes": "train.num_processes",
     "base_config": "model.base_config",
     "allow_pickle": "model.allow_pickle",
@@ -74,6 +76,10 @@ def register(subparsers) -> None:
     parser.add_argument("--trigger-word")
     parser.add_argument("--skip-bad-images", action="store_true", default=None,
                         help="drop images the dataset doctor refuses (and list them) instead of stopping")
+    parser.add_argument("--no-masked-loss", dest="masked_loss", action="store_false", default=None,
+                        help="ignore the loss masks (<name>.mask.png) instead of weighting the loss by them")
+    parser.add_argument("--alpha-mask", action="store_true", default=None,
+                        help="use the alpha channel of images without a mask file as their loss mask")
     parser.add_argument("--validation-fraction", type=float, metavar="F",
                         help="hold out this fraction (0..0.5, at least one image) of the dataset as a validation set")
     parser.add_argument("--validation-dir", metavar="DIR", help="a folder of images to validate on instead")

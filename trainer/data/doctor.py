@@ -6,8 +6,10 @@
 
 Per file it finds unreadable, truncated, unsupported and oversized images, images smaller than the
 training size, exact and near duplicates, missing, empty, unreadable and over-long captions, and captions
-without the trigger word. The summary gives images, repeats, samples and steps per epoch and the bucket
-histogram. With `data.skip_bad_images` the refused images are dropped and listed instead of stopping the run.
+without the trigger word, and loss masks (`01.mask.png`) that are unreadable, of another size than their
+image, black everywhere or without an image. The summary gives images, repeats, samples and steps per epoch,
+the bucket histogram and the masks. With `data.skip_bad_images` the refused images are dropped and listed
+instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from trainer.data.buckets import assign_buckets, batches_per_epoch, bucket_histogram
 from trainer.data.captions import add_trigger, caption_mode, has_trigger
 from trainer.data.images import read_image
+from trainer.data.masks import MASK_SUFFIX, check_mask, mask_summary
 from trainer.data.scan import DatasetItem, ScanResult, scan_folder
 from trainer.data.similar import image_signature, near_duplicates
 from trainer.errors import DatasetError
@@ -161,6 +164,8 @@ def _check_images(found: ScanResult, report: Report, data, resolution: int) -> d
         except DatasetError as err:
             _refuse(report, data.skip_bad_images, item.image_path, err.what, err.fix or "")
             continue
+        if not _mask_ok(report, item, loaded, data):
+            continue
         width, height = loaded.image.size
         sizes[item.image_path] = ((width, height), loaded.sha256, image_signature(loaded.image))
         report.items.append(item)
@@ -172,6 +177,20 @@ def _check_images(found: ScanResult, report: Report, data, resolution: int) -> d
                        "it will be upscaled and look soft",
                        f"Use a larger original, or train at a lower data.resolution (now {resolution}).")
     return sizes
+
+
+def _mask_ok(report: Report, item: DatasetItem, loaded, data) -> bool:
+    """Report the problems of the item's loss mask; False when the image cannot train (refused or skipped)."""
+    ok = True
+    for found in check_mask(item, loaded, data):
+        if found.level == "error" and data.skip_bad_images:
+            report.skipped.append(item.image_path)
+            report.add("warning", "skipped", item.image_path, f"has a mask {found.path.name} that {found.message}: "
+                       "skipped (data.skip_bad_images is on)")
+        else:
+            report.add(found.level, found.code, found.path, found.message, found.fix)
+        ok = ok and found.level != "error"
+    return ok
 
 
 def _refuse(report: Report, skip: bool, path: Path, what: str, fix: str) -> None:
@@ -242,6 +261,11 @@ def _check_files(found: ScanResult, report: Report, skip: bool) -> None:
     for path in found.unsupported:
         _refuse(report, skip, path, f"is a {path.suffix.lstrip('.').upper()} file, which is not supported",
                 "Convert it to PNG, JPEG or WebP, or remove it from the dataset.")
+    for path in found.orphan_masks:
+        stem = path.name[:-len(MASK_SUFFIX)]
+        report.add("warning", "orphan-mask", path, f"is a loss mask with no image {stem}.png, .jpg, .jpeg or .webp "
+                   "beside it, so it is not used", "Name it after its image (01.mask.png for 01.png or 01.jpg) "
+                   "or delete it.")
     for path in found.orphan_captions:
         report.add("warning", "orphan-caption", path, "is a caption with no image beside it",
                    "Add its image or delete it.")
@@ -277,6 +301,7 @@ def _summarise(report: Report, config, resolution: int, sizes: dict[Path, tuple[
         "caption_sources": dict(Counter(i.caption_source for i in report.items)),
         "token_limit": getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None,
         "skipped": len(report.skipped),
+        "masks": mask_summary(report.items, data),
     }
 
 

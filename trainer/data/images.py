@@ -74,6 +74,16 @@ def sniff_format(head: bytes) -> str:
 
 def read_image(path: str | Path, background: str = "#ffffff") -> LoadedImage:
     """Open, fully decode and convert one image to RGB; raise DatasetError naming the file and the fix."""
+    image, kind, data = decode_image(path)
+    return LoadedImage(image=to_rgb(image, background), format=kind,
+                       sha256=hashlib.sha256(data).hexdigest(), mode=image.mode)
+
+
+def decode_image(path: str | Path) -> tuple[Image.Image, str, bytes]:
+    """(image in its own mode, EXIF rotation applied; its format; the file's bytes), checked as `read_image` says.
+
+    The image keeps its alpha channel (the loss masks of trainer/data/masks.py read it).
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -84,11 +94,7 @@ def read_image(path: str | Path, background: str = "#ffffff") -> LoadedImage:
     if kind not in SUPPORTED_FORMATS:
         raise DatasetError(f"is not a PNG, JPEG or WebP image (its content is {kind})", where=str(path),
                            fix=_FIX_CONVERT)
-    image = _decode(path, data, kind)
-    mode = image.mode
-    image = _apply_exif_orientation(image)
-    return LoadedImage(image=to_rgb(image, background), format=kind,
-                       sha256=hashlib.sha256(data).hexdigest(), mode=mode)
+    return _apply_exif_orientation(_decode(path, data, kind)), kind, data
 
 
 def open_image(path: str | Path, background: str = "#ffffff") -> Image.Image:
@@ -137,12 +143,16 @@ def to_rgb(image: Image.Image, background: str = "#ffffff") -> Image.Image:
         # Pillow's own I -> L conversion clips 16-bit values at 255 (a white image); scale instead.
         scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255).round().astype(np.uint8)
         image = Image.fromarray(scaled, mode="L")
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if has_alpha:
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, parse_colour(background) + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether the image has transparency: an alpha channel, or a transparent palette entry or colour."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def parse_colour(colour: str) -> tuple[int, int, int]:
@@ -175,10 +185,8 @@ def prepare_image(image: Image.Image, width: int, height: int, random_crop: bool
     `rng` (random.Random, numpy Generator or torch Generator) picks a random crop; without one the crop
     is centred. `flip` mirrors the crop (the caller draws it, so it can key a cache on it).
     """
-    src_w, src_h = image.size
-    scale = max(width / src_w, height / src_h)
-    new_w, new_h = max(width, round(src_w * scale)), max(height, round(src_h * scale))
-    if (new_w, new_h) != (src_w, src_h):
+    new_w, new_h = cover_size(image.size, width, height)
+    if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), Image.Resampling.LANCZOS)
     if random_crop and rng is not None:
         top, left = _randint(rng, new_h - height), _randint(rng, new_w - width)
@@ -191,6 +199,13 @@ def prepare_image(image: Image.Image, width: int, height: int, random_crop: bool
 
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous(), (top, left)
+
+
+def cover_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """The (width, height) an image of `size` is resized to so that it covers width x height (then cropped)."""
+    src_w, src_h = size
+    scale = max(width / src_w, height / src_h)
+    return max(width, round(src_w * scale)), max(height, round(src_h * scale))
 
 
 def _randint(rng: Rng, high: int) -> int:

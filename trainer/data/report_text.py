@@ -65,4 +65,5 @@ def _summary_lines(summary: dict) -> list[str]:
         f" {buckets}",
         f"  captions: {summary['captions']}",
         f"  caption length: {'checked against ' + str(limit) + ' tokens' if limit else 'not checked'}",
+        f"  loss masks: {summary.get('masks', 'none')}",
     ]

@@ -8,6 +8,8 @@ Layouts, which may be mixed and nested:
 - kohya repeat folders: `<root>/10_mystyle/...` counts each image 10 times, concept `mystyle`;
 - diffusers imagefolder: a `metadata.jsonl` with `file_name` and `text` on each line;
 - any depth of sub-folders. Hidden files and folders (starting with '.') are skipped.
+Loss masks (`01.mask.png` beside `01.png`, trainer/data/masks.py) are paired with their images, never
+trained as images themselves.
 An image without a caption gets `data.default_caption` (or the trigger word) and is reported.
 Originals are only read, never written.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data.images import IMAGE_EXTENSIONS, OTHER_IMAGE_EXTENSIONS
+from trainer.data.masks import is_mask_file, pair_masks
 from trainer.errors import DatasetError
 from trainer.names import MAX_CAPTION_BYTES, MAX_CAPTION_CHARS
 
@@ -45,6 +48,8 @@ class DatasetItem:
     caption_source: str = "file"
     """Where the caption came from: `file` (beside it), `metadata` (metadata.jsonl) or `default` (none)."""
     caption_path: Path | None = None
+    mask_path: Path | None = None
+    """Its loss mask (`<stem>.mask.png` beside it), if there is one."""
 
 
 @dataclass
@@ -64,6 +69,8 @@ class ScanResult:
     """Files with an image extension we refuse (GIF, BMP, TIFF, HEIC...)."""
     orphan_captions: list[Path] = field(default_factory=list)
     """Caption files with no image beside them."""
+    orphan_masks: list[Path] = field(default_factory=list)
+    """Mask files (`*.mask.png`) with no image beside them."""
     ignored: list[Path] = field(default_factory=list)
     """Every other file."""
     problems: list[Problem] = field(default_factory=list)
@@ -93,8 +100,11 @@ def scan_folder(root: Path, caption_extension: str = ".txt", default_caption: st
     metadata = _read_metadata(root, files, result)
     ext = caption_extension.lower()
     used_captions: set[Path] = set()
+    masks = [path for path in files if is_mask_file(path)]
     for path in files:
         suffix = path.suffix.lower()
+        if is_mask_file(path):
+            continue
         if suffix in IMAGE_EXTENSIONS:
             item = _make_item(root, path, ext, metadata, default_caption, result)
             if item.caption_path:
@@ -102,6 +112,7 @@ def scan_folder(root: Path, caption_extension: str = ".txt", default_caption: st
             result.items.append(item)
         elif suffix in OTHER_IMAGE_EXTENSIONS:
             result.unsupported.append(path)
+    result.orphan_masks = pair_masks(result.items, masks)
     for path in files:
         suffix = path.suffix.lower()
         if suffix in IMAGE_EXTENSIONS or suffix in OTHER_IMAGE_EXTENSIONS or path.name == METADATA_FILE:
