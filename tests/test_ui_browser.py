@@ -111,7 +111,7 @@ def _flow(page, servers: list, home: Path) -> None:
     page.wait_for_timeout(500)
     page.locator("#ds-import").click()
     page.wait_for_function(
-        "() => /copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
+        "() => /Copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
         timeout=60_000,
     )
     page.locator("#ds-gallery img").first.wait_for(timeout=30_000)
