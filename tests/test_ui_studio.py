@@ -46,3 +46,17 @@ def test_an_idle_pool_is_released(tmp_path):
     time.sleep(0.6)
     assert studio.release_if_idle() is True
     assert studio.pool_device() is None and studio._pool is None
+
+
+def test_the_generate_tab_sizes_default_to_the_base_models_resolution(tmp_path):
+    import json
+
+    from app.generate_tab import default_size
+
+    folder = tmp_path / "sd15-like"
+    for part, config in (("unet", {"sample_size": 96}), ("vae", {"block_out_channels": [128, 256, 512, 512]})):
+        (folder / part).mkdir(parents=True)
+        (folder / part / "config.json").write_text(json.dumps(config))
+    assert default_size(Studio(tmp_path / "a", base_model=str(folder))) == 768
+    assert default_size(Studio(tmp_path / "b", base_model="tiny-sdxl")) == 128
+    assert default_size(Studio(tmp_path / "c", base_model=str(tmp_path / "missing"))) == 512  # the guess
