@@ -111,7 +111,7 @@ def save_captions(studio: Studio, name: str, rows: list[list[Any]]) -> str:
         caption = " ".join(str(row[1] or "").split())
         atomic_write_bytes(image.with_suffix(".txt"), caption.encode("utf-8"))
         saved += 1
-    return f"Saved {saved} caption(s) in **{folder.name}**."
+    return f"Saved {saved} caption{'s' * (saved != 1)} in **{folder.name}**."
 
 
 def delete_image(studio: Studio, name: str, file: str) -> str:

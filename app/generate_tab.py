@@ -141,7 +141,8 @@ def grid(studio: Studio, req: Request, name: str, prompts: list[str], strengths:
         )
     return (
         image,
-        f"{name}: {len(prompts)} prompt(s) × strengths {strengths} in {time.perf_counter() - started:.1f}s",
+        f"{name}: {len(prompts)} prompt{'s' * (len(prompts) != 1)} × strengths "
+        f"{', '.join(f'{w:g}' for w in strengths)} in {time.perf_counter() - started:.1f} s.",
     )
 
 

@@ -123,7 +123,7 @@ class Flow:
                 self.need(re.sub(r":[0-9.]+$", "", lora), line)
             self.need(args.base_model if "/" in args.base_model else None, line)
             self.written.add(args.out)
-        elif command in ("estimate", "doctor", "jobs submit"):
+        elif command in ("estimate", "doctor", "caption", "jobs submit"):
             self.need(getattr(args, "config", None) or getattr(args, "dataset", None), line)
             self.need(str(args.config) if command == "jobs submit" else None, line)
 
