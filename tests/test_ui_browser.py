@@ -215,9 +215,13 @@ def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
     # an edited caption is saved and the gallery's label follows it
     cell = page.locator("#ds-captions").get_by_text("an extra picture, red square", exact=False).first
     cell.dblclick()
-    editor = page.locator("#ds-captions :is(textarea, input):focus")
-    editor.fill("an edited extra caption")
-    editor.press("Enter")
+    page.wait_for_timeout(300)  # the cell turns into an editor holding the old text
+    page.keyboard.press("End")
+    for _ in range(len("an extra picture, red square, white background, ^_^") + 2):
+        page.keyboard.press("Backspace")
+    page.keyboard.type("an edited extra caption")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => /an edited extra caption/.test(document.querySelector('#ds-captions')?.innerText)")
     page.locator("#ds-save").click()
     wait_text(page, "#ds-message", r"Saved 13 captions in shapes\.")
     assert (folder / "99-extra.txt").read_text() == "an edited extra caption"
