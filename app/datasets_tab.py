@@ -284,7 +284,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     c["doctor"].click(
         lambda name: _safe(run_doctor, studio, name or "")[1], c["dataset"], c["report"], api_name="doctor"
     )
-    c["on_load"] = (lambda: gr.update(choices=studio.dataset_names()), [], [c["dataset"]])
+    # on a page (re)load the dataset the browser kept (app/persist.py) is shown at once, gallery and table
+    c["on_load"] = (show, [c["dataset"]], outputs)
 
 
 def _rows(value: Any) -> list[list[Any]]:

@@ -217,8 +217,7 @@ def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
     cell.dblclick()
     page.wait_for_timeout(300)  # the cell turns into an editor holding the old text
     page.keyboard.press("End")
-    for _ in range(len("an extra picture, red square, white background, ^_^") + 2):
-        page.keyboard.press("Backspace")
+    page.keyboard.press("Shift+Home")
     page.keyboard.type("an edited extra caption")
     page.keyboard.press("Enter")
     page.wait_for_function("() => /an edited extra caption/.test(document.querySelector('#ds-captions')?.innerText)")
@@ -267,8 +266,11 @@ def _generate_checks(page) -> None:
 
 def _restart_keeps_the_page(page, servers: list, home: Path) -> None:
     """#19.5: the server restarts on its port; the open page reconnects, reloads and keeps its forms and job."""
-    first_job = page.locator("#train-jobs").inner_text().split("\n")[1].split("\t")[0].strip()
-    pick_job(page, first_job)  # the older job, not the newest the page would show by default
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-job input").first.click()
+    page.get_by_role("option").first.click()  # the older job, not the newest the page would show by default
+    wait_status(page, r"\bdone\b", timeout_ms=30_000)
+    first_job = page.locator("#train-job input").first.input_value().split(" ")[0]
     page.get_by_role("tab", name="Generate").click()
     page.locator("#gen-prompt textarea").fill("a kept prompt")
     set_number(page, "gen-steps", "7")
@@ -278,11 +280,12 @@ def _restart_keeps_the_page(page, servers: list, home: Path) -> None:
     stop_server(servers[-1])
     servers.append(start_server(home, port=port))
     page.wait_for_function("() => !window.beforeRestart", timeout=60_000)  # gradio reloaded the page itself
-    page.locator("#gen-prompt textarea").wait_for(state="attached", timeout=30_000)
+    page.locator("#ds-gallery img").first.wait_for(timeout=60_000)  # the kept dataset is shown again
+    assert page.locator("#ds-name input").first.input_value() == "shapes"
+    page.get_by_role("tab", name="Generate").click()
     page.wait_for_function(
         "() => document.querySelector('#gen-prompt textarea')?.value === 'a kept prompt'", timeout=30_000
     )
-    page.get_by_role("tab", name="Generate").click()
     assert page.locator("#gen-steps input[type=number]").input_value() == "7"
     page.get_by_role("tab", name="Train").click()
     assert page.locator("#train-job input").first.input_value().startswith(first_job)
