@@ -213,7 +213,7 @@ def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
     shot(page, "datasets-captioned")
 
     # an edited caption is saved and the gallery's label follows it
-    cell = page.locator("#ds-captions").get_by_text("an extra picture, red square", exact=False).first
+    cell = page.locator("#ds-captions").get_by_text("an extra picture, red square", exact=False).last  # its cell
     cell.dblclick()
     page.wait_for_timeout(300)  # the cell turns into an editor holding the old text
     page.keyboard.press("End")
