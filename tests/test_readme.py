@@ -165,3 +165,10 @@ def test_the_config_command_prints_each_fields_help_as_a_comment_and_loads_back(
     assert len(settings) > 60 and all(lines[i - 1].startswith("# ") for i in settings), "a setting without help"
     first_doc = " ".join(field_docs(type(TrainConfig().train))["steps"].split())[:40]
     assert any(first_doc in line for line in lines), first_doc
+
+
+def test_the_training_line_says_what_no_mixed_precision_means():
+    from trainer.cli.train import precision_words
+
+    assert precision_words("no") == "float32, no mixed precision"  # accelerate's "no" was printed as is
+    assert precision_words("bf16") == "bf16 mixed precision"
