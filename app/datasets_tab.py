@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from app import datasets_caption
 from app.security import SecurityError, check_upload_count, inside, suggest_name
 from app.studio import Studio
 from app.uploads import forget_uploads
@@ -46,35 +47,29 @@ def _import_files(studio: Studio, name: str, files: list[str] | None) -> str:
     for upload in files:
         ext = Path(upload).suffix.lower()
         if ext == ".zip":
-            notes.append(_import_zip(studio, folder, Path(upload)))
+            notes.append(_import_zip(folder, Path(upload)))
         elif ext in IMAGE_EXTS or ext == ".txt":
             folder.mkdir(parents=True, exist_ok=True)
             target = inside(folder, suggest_name(Path(upload).stem, fallback="image") + ext)
             shutil.copyfile(upload, target)
             copied += 1
         else:
-            notes.append(f"skipped {Path(upload).name}: only PNG, JPEG, WebP, .txt and .zip are accepted")
+            notes.append(f"Skipped {Path(upload).name}: only PNG, JPEG, WebP, .txt and .zip files are accepted.")
     if copied:
-        notes.insert(0, f"copied {copied} file(s)")
-    return f"Dataset **{folder.name}**: " + "; ".join(notes)
+        notes.insert(0, f"Copied {copied} file{'s' * (copied != 1)} into dataset **{folder.name}**.")
+    return "\n\n".join(notes)
 
 
-def _import_zip(studio: Studio, folder: Path, archive: Path) -> str:
+def _import_zip(folder: Path, archive: Path) -> str:
     """The safe importer, merging into an existing dataset: a file already there refuses the archive by name."""
     from trainer.data import import_archive
 
     report = import_archive(archive, folder.parent, folder.name, merge=True)
-    return f"{archive.name}: {_report_text(report).replace(str(folder), folder.name)}"
-
-
-def _report_text(report: Any) -> str:
-    for attr in ("format", "summary"):
-        value = getattr(report, attr, None)
-        if callable(value):
-            return str(value())
-        if value:
-            return str(value)
-    return "imported"
+    images, captions = len(report.images), len(report.captions)
+    lines = [f"Imported {images} image{'s' * (images != 1)} and {captions} caption{'s' * (captions != 1)} "
+             f"into {folder.name} (from {archive.name})."]
+    lines += [f"Skipped {entry}: {reason}." for entry, reason in report.skipped]
+    return "\n\n".join(lines)
 
 
 def list_items(studio: Studio, name: str) -> list[tuple[Path, str]]:
@@ -116,7 +111,24 @@ def save_captions(studio: Studio, name: str, rows: list[list[Any]]) -> str:
         caption = " ".join(str(row[1] or "").split())
         atomic_write_bytes(image.with_suffix(".txt"), caption.encode("utf-8"))
         saved += 1
-    return f"Saved {saved} caption(s) in **{folder.name}**."
+    return f"Saved {saved} caption{'s' * (saved != 1)} in **{folder.name}**."
+
+
+def delete_image(studio: Studio, name: str, file: str) -> str:
+    """Delete one image of the dataset and the caption beside it."""
+    folder = studio.dataset_path(name)
+    if not str(file or "").strip():
+        raise SecurityError("no image is selected", fix="Click an image in the gallery first.")
+    image = inside(folder, str(file).strip())
+    if image.suffix.lower() not in IMAGE_EXTS or not image.is_file():
+        raise SecurityError(f"{file!r} is not an image of dataset {folder.name}",
+                            fix="Click an image in the gallery, then Delete.")
+    caption = image.with_suffix(".txt")
+    image.unlink()
+    if caption.is_file():
+        caption.unlink()
+        return f"Deleted {file} and its caption from **{folder.name}**."
+    return f"Deleted {file} from **{folder.name}** (it had no caption file)."
 
 
 def read_trigger(studio: Studio, name: str) -> str:
@@ -179,6 +191,11 @@ def build(studio: Studio) -> dict[str, Any]:
     c["import"] = gr.Button("Add to dataset", variant="primary", elem_id="ds-import")
     c["message"] = gr.Markdown(elem_id="ds-message")
     c["gallery"] = gr.Gallery(label="Images and captions", columns=6, height=320, elem_id="ds-gallery")
+    with gr.Row():
+        c["selected"] = gr.Textbox(label="Selected image", interactive=False, scale=3, elem_id="ds-selected",
+                                   placeholder="Click an image in the gallery")
+        c["delete"] = gr.Button("Delete image and caption", variant="stop", scale=1, elem_id="ds-delete")
+    datasets_caption.build(c)
     c["captions"] = gr.Dataframe(
         headers=["file", "caption"],
         column_count=2,
@@ -225,12 +242,39 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     c["dataset"].change(show, c["dataset"], outputs, api_name="show_dataset")
     c["refresh"].click(show, c["dataset"], outputs, api_name=False)
     c["import"].click(add, [c["dataset"], c["upload"]], [c["message"], *outputs, c["upload"]], api_name="import_files")
+    view = [c["gallery"], c["captions"]]
+    reshow = (lambda name: show(name)[1:3], c["dataset"], view)  # the gallery's labels follow the files
     c["save"].click(
         lambda name, rows: _safe(save_captions, studio, name or "", _rows(rows))[1],
         [c["dataset"], c["captions"]],
         c["message"],
         api_name="save_captions",
-    )
+    ).then(*reshow, api_name=False)
+
+    def select(rows: Any, evt: gr.SelectData) -> str:
+        table = _rows(rows)
+        return str(table[evt.index][0]) if isinstance(evt.index, int) and evt.index < len(table) else ""
+
+    c["gallery"].select(select, c["captions"], c["selected"], api_name=False)
+    c["delete"].click(
+        lambda name, file: (_safe(delete_image, studio, name or "", file)[1], ""),
+        [c["dataset"], c["selected"]],
+        [c["message"], c["selected"]],
+        api_name="delete_image",
+    ).then(*reshow, api_name=False)
+
+    def run_caption(name, model, kind, mode, prefix, trigger, threshold, progress=gr.Progress()) -> str:  # noqa: B008
+        word = trigger if prefix else ""
+        return _safe(datasets_caption.caption, studio, name or "", model, kind, mode, word, threshold, progress)[1]
+
+    c["cap_run"].click(
+        run_caption,
+        [c["dataset"], c["cap_model"], c["cap_kind"], c["cap_mode"], c["cap_prefix"], c["trigger"],
+         c["cap_threshold"]],
+        c["message"],
+        api_name="caption_dataset",
+        concurrency_limit=1,
+    ).then(*reshow, api_name=False)
     c["save_trigger"].click(
         lambda name, word: _safe(save_trigger, studio, name or "", word)[1],
         [c["dataset"], c["trigger"]],
@@ -240,7 +284,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     c["doctor"].click(
         lambda name: _safe(run_doctor, studio, name or "")[1], c["dataset"], c["report"], api_name="doctor"
     )
-    c["on_load"] = (lambda: gr.update(choices=studio.dataset_names()), [], [c["dataset"]])
+    # on a page (re)load the dataset the browser kept (app/persist.py) is shown at once, gallery and table
+    c["on_load"] = (show, [c["dataset"]], outputs)
 
 
 def _rows(value: Any) -> list[list[Any]]:

@@ -24,6 +24,10 @@ from trainer.errors import StudioError
 SLOTS = 3
 """LoRA pickers (each with its strength slider) on the tab."""
 MAX_SIDE = 1024
+SLIDER_MIN_W = 240
+"""Pixels a slider needs for its label, number box and both end values; a narrower row wraps instead."""
+LIBRARY_POLL_S = 5.0
+"""Seconds between checks of the LoRA library for files that finished jobs published."""
 
 
 REQUEST_KEYS = {
@@ -144,7 +148,8 @@ def grid(studio: Studio, req: Request, name: str, prompts: list[str], strengths:
         )
     return (
         image,
-        f"{name}: {len(prompts)} prompt(s) × strengths {strengths} in {time.perf_counter() - started:.1f}s",
+        f"{name}: {len(prompts)} prompt{'s' * (len(prompts) != 1)} × strengths "
+        f"{', '.join(f'{w:g}' for w in strengths)} in {time.perf_counter() - started:.1f} s.",
     )
 
 
@@ -168,12 +173,28 @@ def add_lora(studio: Studio, upload: str | None, name: str | None) -> str:
     return f"Added **{name}** to the library."
 
 
+def default_size(studio: Studio) -> int:
+    """The base model's own resolution (128 for tiny, 512 SD 1.x, 1024 SDXL), as a multiple of 8 in range."""
+    from trainer.config import ModelConfig
+    from trainer.models.resolution import native_resolution
+
+    try:
+        size = native_resolution(ModelConfig(base_model=studio.base_model))[0]
+    except (StudioError, OSError, ValueError):
+        size = 512
+    return max(64, min(MAX_SIDE, int(size) // 8 * 8))
+
+
 def build(studio: Studio) -> dict[str, Any]:
     """Lay out the tab in the current Blocks context; returns its components by name."""
     c: dict[str, Any] = {"slots": []}
     names = list(studio.lora_files())
+    size = default_size(studio)
     with gr.Row():
         with gr.Column(scale=2):
+            with gr.Row():
+                c["library_note"] = gr.Markdown(_library_note(names), elem_id="gen-library")
+                c["refresh"] = gr.Button("Refresh LoRA list", size="sm", scale=0, min_width=160, elem_id="gen-refresh")
             for i in range(SLOTS):
                 with gr.Row():
                     pick = gr.Dropdown(
@@ -184,17 +205,33 @@ def build(studio: Studio) -> dict[str, Any]:
                         scale=2,
                         allow_custom_value=True,
                     )
-                    weight = gr.Slider(0, 1.5, value=1.0, step=0.05, label="Strength", elem_id=f"gen-strength-{i}")
+                    weight = gr.Slider(
+                        0,
+                        1.5,
+                        value=1.0,
+                        step=0.05,
+                        label="Strength",
+                        min_width=SLIDER_MIN_W,
+                        elem_id=f"gen-strength-{i}",
+                    )
                 c["slots"].append((pick, weight))
             c["prompt"] = gr.Textbox("", label="Prompt", lines=2, elem_id="gen-prompt")
             c["negative"] = gr.Textbox("", label="Negative prompt", elem_id="gen-negative")
             with gr.Row():
                 c["seed"] = gr.Number(0, precision=0, label="Seed", elem_id="gen-seed")
-                c["steps"] = gr.Slider(1, 100, value=20, step=1, label="Steps", elem_id="gen-steps")
-                c["guidance"] = gr.Slider(1, 15, value=7.5, step=0.5, label="Guidance", elem_id="gen-guidance")
+                c["steps"] = gr.Slider(
+                    1, 100, value=20, step=1, label="Steps", min_width=SLIDER_MIN_W, elem_id="gen-steps"
+                )
+                c["guidance"] = gr.Slider(
+                    1, 15, value=7.5, step=0.5, label="Guidance", min_width=SLIDER_MIN_W, elem_id="gen-guidance"
+                )
             with gr.Row():
-                c["width"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Width", elem_id="gen-width")
-                c["height"] = gr.Slider(64, MAX_SIDE, value=128, step=8, label="Height", elem_id="gen-height")
+                c["width"] = gr.Slider(
+                    64, MAX_SIDE, value=size, step=8, label="Width", min_width=SLIDER_MIN_W, elem_id="gen-width"
+                )
+                c["height"] = gr.Slider(
+                    64, MAX_SIDE, value=size, step=8, label="Height", min_width=SLIDER_MIN_W, elem_id="gen-height"
+                )
             c["fuse"] = gr.Checkbox(False, label="Fuse for speed", elem_id="gen-fuse",
                                     info="Bake the chosen LoRAs into the base weights while their strengths stay "
                                          "the same (faster repeats; a change unfuses first)")
@@ -278,4 +315,23 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         inputs_kwargs=request_inputs,
     )
     c["add"].click(run_add, [c["upload"], c["upload_name"]], [c["info"], c["upload"], *pickers], api_name="add_lora")
+
+    def refresh(known: list[str] | None, force: bool = False) -> list[Any]:
+        names = list(studio.lora_files())
+        if names == known and not force:  # nothing new: leave the pickers (and their open menus) alone
+            return [gr.skip()] * (len(pickers) + 2)
+        return [names, gr.update(value=_library_note(names)), *[gr.update(choices=names) for _ in pickers]]
+
+    # the library grows when a job finishes (in the UI or the CLI): the pickers follow within a few seconds
+    c["known"] = gr.State(list(studio.lora_files()))
+    c["timer"] = gr.Timer(LIBRARY_POLL_S)
+    library_outputs = [c["known"], c["library_note"], *pickers]
+    c["timer"].tick(refresh, c["known"], library_outputs, api_name=False, show_progress="hidden")
+    c["refresh"].click(lambda known: refresh(known, force=True), c["known"], library_outputs, api_name=False)
     c["on_load"] = (lambda: [gr.update(choices=list(studio.lora_files())) for _ in pickers], [], pickers)
+
+
+def _library_note(names: list[str]) -> str:
+    if not names:
+        return "The library is empty: a finished training job adds its LoRA here, or add a file below."
+    return f"{len(names)} LoRA{'s' * (len(names) != 1)} in the library."

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import gradio as gr
 from starlette.middleware import Middleware
 
-from app import datasets_tab, generate_tab, train_tab
+from app import datasets_tab, generate_tab, persist, train_tab
 from app.apitypes import StudioBlocks
 from app.guard import Guard, GuardSettings
 from app.security import blocked_paths, machine_names
@@ -42,9 +42,13 @@ def build_app(studio: Studio) -> gr.Blocks:
                 train = train_tab.build(studio)
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 generate = generate_tab.build(studio)
-        for tab in (datasets, train, generate):
-            fn, inputs, outputs = tab["on_load"]
-            demo.load(fn, inputs, outputs, api_name=False)
+        # the forms and the selected job are kept in the browser, so a server restart (the page reloads
+        # itself when it reconnects) loses nothing typed; the preset is left out: choosing one sets fields
+        saved = {}
+        for prefix, tab in (("datasets", datasets), ("train", train), ("generate", generate)):
+            saved |= persist.value_components(prefix, tab, skip=("on_load", "preset", "trigger"))
+        loads = [tab["on_load"] for tab in (datasets, train, generate)]
+        persist.attach(demo, saved, loads, persist.secret(studio.home))
     return demo
 
 

@@ -132,11 +132,11 @@ def test_import_dataset_command_uses_the_studio_home(tmp_home, capsys):
 def test_merge_adds_files_and_never_overwrites(tmp_path):
     datasets = tmp_path / "datasets"
     import_archive(make_zip(tmp_path / "a.zip", [("01.png", png_bytes(1)), ("01.txt", "one")]), datasets, "set")
-    more = make_zip(tmp_path / "b.zip", [("sub/02.png", png_bytes(2)), ("sub/02.txt", "two")])
+    more = make_zip(tmp_path / "b.zip", [("sub/02.png", png_bytes(2)), ("sub/02.txt", "two"), ("04.png", png_bytes(4))])
     import_archive(more, datasets, "set", merge=True)
     target = datasets / "set"
     assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) == [
-        "01.png", "01.txt", "sub/02.png", "sub/02.txt"]
+        "01.png", "01.txt", "04.png", "sub/02.png", "sub/02.txt"]
     clash = make_zip(tmp_path / "c.zip", [("03.png", png_bytes(3)), ("01.txt", "replaced?")])
     with pytest.raises(DatasetError, match="already has 01.txt"):
         import_archive(clash, datasets, "set", merge=True)
@@ -145,3 +145,21 @@ def test_merge_adds_files_and_never_overwrites(tmp_path):
     (datasets / "empty").mkdir()
     import_archive(more, datasets, "empty")
     assert (datasets / "empty" / "sub" / "02.png").is_file(), "an empty folder counts as new"
+
+
+def test_a_zip_of_one_folder_imports_its_files_without_nesting_that_folder(tmp_path):
+    folded = make_zip(tmp_path / "cats.zip", [
+        ("cats/", b""), ("cats/01.png", png_bytes(1)), ("cats/01.txt", "a cat"), ("cats/sub/02.png", png_bytes(2)),
+        ("__MACOSX/cats/._01.png", b"x"), ("notes.pdf", b"%PDF")])
+    report = import_archive(folded, tmp_path / "datasets", "mine")
+    dest = tmp_path / "datasets" / "mine"
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "01.png", "01.txt", "sub/02.png"]
+    assert report.images == ["01.png", "sub/02.png"] and report.captions == ["01.txt"]
+    # a kohya repeat folder keeps its name (it sets the repeats), and two top folders stay as they are
+    kohya = make_zip(tmp_path / "k.zip", [("10_cats/01.png", png_bytes(1))])
+    import_archive(kohya, tmp_path / "datasets", "kohya")
+    assert (tmp_path / "datasets" / "kohya" / "10_cats" / "01.png").is_file()
+    two = make_zip(tmp_path / "two.zip", [("a/01.png", png_bytes(1)), ("b/02.png", png_bytes(2))])
+    import_archive(two, tmp_path / "datasets", "two")
+    assert (tmp_path / "datasets" / "two" / "a" / "01.png").is_file()

@@ -95,7 +95,8 @@ def test_a_merge_never_writes_through_a_symlinked_sub_folder(tmp_path):
     outside.mkdir()
     import_archive(make_zip(tmp_path / "a.zip", [("01.png", png_bytes(1))]), datasets, "set")
     (datasets / "set" / "sub").symlink_to(outside, target_is_directory=True)
-    more = make_zip(tmp_path / "b.zip", [("sub/02.png", png_bytes(2)), ("sub/02.txt", "two")])
+    # (a top-level file too: a zip of the one folder `sub/` would import its files without that folder)
+    more = make_zip(tmp_path / "b.zip", [("sub/02.png", png_bytes(2)), ("sub/02.txt", "two"), ("03.png", png_bytes(3))])
     with pytest.raises(DatasetError, match="links outside it, so sub/02.png, sub/02.txt would be written"):
         import_archive(more, datasets, "set", merge=True)
     assert list(outside.iterdir()) == []

@@ -118,6 +118,9 @@ def test_cli_submit_queue_restart_graceful_stop_and_done(finished):
     assert f"slot freed; running now: {b['id']}" in (a_dir / "runner.log").read_text()
     assert complete_checkpoints(a_dir) == [f"step-{stopped['step']}"]  # the stop itself was saved
     assert not process.is_alive(stopped["pid"], None)
+    shown = json.loads(cli(home, "show", a["id"], "--json").stdout)  # a stopped job lists the LoRA it saved
+    assert {Path(p).name for p in shown["outputs"]} >= {"long.safetensors", "long.peft.safetensors"}
+    assert all(Path(p).is_file() for p in shown["outputs"])
 
     show = json.loads(cli(home, "show", b["id"], "--json").stdout)
     assert show["status"] == "done" and (show["step"], show["total_steps"]) == (STEPS, STEPS)

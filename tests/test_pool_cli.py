@@ -96,6 +96,23 @@ def test_compose_grid_places_cells_and_labels():
     assert (label_area < 128).any()  # the labels are drawn
 
 
+def test_grid_labels_fit_long_prompts_wrap_and_the_title_stays_on_the_sheet():
+    from PIL import ImageDraw
+
+    from trainer.generate.grid import _font, _wrap
+
+    prompt = "a lighthouse on a cliff at dusk, stained glass, lsstyle, highly detailed"
+    tile = Image.new("RGB", (64, 64), (255, 0, 0))
+    sheet = compose_grid([[tile]], ["strength 1"], [prompt], title="a very long lora name " * 6)
+    ink = np.asarray(sheet)[:, :, 1] < 128
+    assert ink[: cell_box([[tile]], [prompt], 0, 0, "x")[1], -3:].sum() == 0  # the title stops before the edge
+    draw, font = ImageDraw.Draw(sheet), _font(10)
+    lines = _wrap(draw, font, prompt, 150, max_lines=6)
+    assert " ".join(lines) == prompt and len(lines) > 1  # every word is shown, over several lines
+    assert all(draw.textlength(line, font=font) <= 150 for line in lines)
+    assert _wrap(draw, font, prompt, 150, max_lines=2)[-1].endswith("…")
+
+
 def test_samples_during_training_match_a_preview_of_the_exported_lora(quick_config, tmp_path):
     from trainer.loop import train
 

@@ -212,7 +212,7 @@ def test_uploads_are_cleaned_up(server, api, tmp_path):
     caption = tmp_path / "notes.txt"
     caption.write_text("a caption no gallery shows")
     message = api.predict("cleaned", [handle_file(caption)], api_name="/import_files")[0]
-    assert "copied 1 file" in message, message
+    assert "Copied 1 file" in message, message
     assert (server.home / "datasets" / "cleaned" / "notes.txt").is_file()
     assert not [p for p in upload_dir_files(server) if p.name == "notes.txt"]  # taken: the upload is gone
     message = api.predict("bad name!", [handle_file(png(tmp_path / "two.png"))], api_name="/import_files")[0]

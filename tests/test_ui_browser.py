@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -78,16 +79,18 @@ def start_training(page, name: str, steps: str) -> None:
 
 @pytest.mark.slow
 def test_the_whole_flow_by_clicking_and_a_restart_mid_job(tmp_path):
+    from captioner_models import tiny_tagger
     from playwright.sync_api import sync_playwright
 
     home = tmp_path / "home"
+    tagger = tiny_tagger(tmp_path / "tagger")
     servers = [start_server(home)]
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             try:
-                _flow(page, servers, home)
+                _flow(page, servers, home, tagger, tmp_path)
             except Exception:
                 shot(page, "failure")  # what the browser showed when it went wrong
                 raise
@@ -99,8 +102,8 @@ def test_the_whole_flow_by_clicking_and_a_restart_mid_job(tmp_path):
         _stop_jobs(home)
 
 
-def _flow(page, servers: list, home: Path) -> None:
-    """Click through the product; the server restarts once (a new one is appended to `servers`)."""
+def _flow(page, servers: list, home: Path, tagger: Path, tmp_path: Path) -> None:
+    """Click through the product; the server restarts once on the same port (appended to `servers`)."""
     page.goto(servers[0].url)
 
     # Datasets: a new dataset from images and captions, seen in the gallery
@@ -111,10 +114,11 @@ def _flow(page, servers: list, home: Path) -> None:
     page.wait_for_timeout(500)
     page.locator("#ds-import").click()
     page.wait_for_function(
-        "() => /copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
+        "() => /Copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
         timeout=60_000,
     )
     page.locator("#ds-gallery img").first.wait_for(timeout=30_000)
+    _datasets_extras(page, home / "datasets" / "shapes", tagger, tmp_path)
     page.locator("#ds-doctor").click()
     page.wait_for_function(
         "() => (document.querySelector('#ds-report textarea')?.value || '').length > 20", timeout=60_000
@@ -134,6 +138,7 @@ def _flow(page, servers: list, home: Path) -> None:
 
     # Generate: the new LoRA from the library, one seeded preview
     page.get_by_role("tab", name="Generate").click()
+    _generate_checks(page)
     pick(page, "gen-lora-0", "shapes")
     page.locator("#gen-prompt textarea").fill("a red square")
     set_number(page, "gen-steps", "2")
@@ -148,10 +153,8 @@ def _flow(page, servers: list, home: Path) -> None:
     start_training(page, "long", "5000")
     wait_status(page, r"\brunning\b")  # its runner process is up; the server restarts while it loads and trains
     job_id = page.locator("#train-job input").first.input_value().split(" ")[0]
-    stop_server(servers[-1])
-    servers.append(start_server(home))
-    page.goto(servers[-1].url)
-    page.get_by_role("tab", name="Train").click()
+    _restart_keeps_the_page(page, servers, home)
+    pick_job(page, job_id)
     wait_status(page, r"\brunning\b", timeout_ms=60_000)
     assert re.search(job_id, page.locator("#train-jobs").inner_text())
     page.locator("#train-stop").click()
@@ -161,6 +164,133 @@ def _flow(page, servers: list, home: Path) -> None:
         timeout=30_000,
     )
     shot(page, "train-stopped")
+
+
+def pick_job(page, job_id: str) -> None:
+    page.locator("#train-job input").first.click()
+    page.get_by_role("option", name=re.compile(job_id)).click()
+    page.wait_for_function(
+        "(id) => (document.querySelector('#train-job input')?.value || '').startsWith(id)", arg=job_id, timeout=30_000
+    )
+
+
+def wait_text(page, selector: str, pattern: str, timeout_ms: int = 60_000) -> None:
+    page.wait_for_function(
+        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel)?.innerText || '')",
+        arg=[selector, pattern],
+        timeout=timeout_ms,
+    )
+
+
+def table_text(page) -> str:
+    return page.locator("#ds-captions").inner_text()
+
+
+def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
+    """#19.1: a zip of one folder, auto-captioning with a tagger, an edited caption in the gallery, a delete."""
+    archive = tmp_path / "extra.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # everything inside one top folder, as "compress folder" makes
+        zf.write(EXAMPLE / "01.png", "extra/99-extra.png")
+        zf.writestr("extra/99-extra.txt", "an extra picture")
+    page.locator("#ds-upload input[type=file]").set_input_files([str(archive)])
+    page.wait_for_timeout(500)
+    page.locator("#ds-import").click()
+    wait_text(page, "#ds-message", r"Imported 1 image and 1 caption into shapes \(from extra\.zip\)\.")
+    assert (folder / "99-extra.png").is_file() and not (folder / "extra").exists()
+    page.wait_for_function("() => /99-extra\\.png/.test(document.querySelector('#ds-captions')?.innerText)")
+    assert "extra/99-extra.png" not in table_text(page)
+
+    # auto-caption: the tagger's tags appended to every caption, with a progress bar while it runs
+    page.get_by_text("Auto-caption").click()
+    page.locator("#ds-cap-model textarea, #ds-cap-model input").first.fill(str(tagger))
+    page.get_by_label("Append to each caption").check()
+    page.locator("#ds-caption").click()
+    wait_text(page, "#ds-message", r"Captioned 13 images in shapes\.", timeout_ms=120_000)
+    assert (folder / "99-extra.txt").read_text() == "an extra picture, red square, white background, ^_^"
+    page.wait_for_function(
+        "() => /an extra picture, red square/.test(document.querySelector('#ds-captions')?.innerText)"
+    )
+    shot(page, "datasets-captioned")
+
+    # an edited caption is saved and the gallery's label follows it
+    cell = page.locator("#ds-captions").get_by_text("an extra picture, red square", exact=False).last  # its cell
+    cell.dblclick()
+    page.wait_for_timeout(300)  # the cell turns into an editor holding the old text
+    page.keyboard.press("End")
+    page.keyboard.press("Shift+Home")
+    page.keyboard.type("an edited extra caption")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => /an edited extra caption/.test(document.querySelector('#ds-captions')?.innerText)")
+    page.locator("#ds-save").click()
+    wait_text(page, "#ds-message", r"Saved 13 captions in shapes\.")
+    assert (folder / "99-extra.txt").read_text() == "an edited extra caption"
+    page.wait_for_function("() => /an edited extra caption/.test(document.querySelector('#ds-gallery')?.innerText)")
+
+    # delete the image (and its caption) from the gallery
+    page.locator("#ds-gallery").get_by_text("an edited extra caption").first.click()
+    page.wait_for_function(
+        "() => document.querySelector('#ds-selected textarea, #ds-selected input')?.value === '99-extra.png'"
+    )
+    page.keyboard.press("Escape")  # the gallery's preview
+    page.locator("#ds-delete").click()
+    wait_text(page, "#ds-message", r"Deleted 99-extra\.png and its caption from shapes\.")
+    assert not (folder / "99-extra.png").exists() and not (folder / "99-extra.txt").exists()
+    page.wait_for_function("() => !/99-extra/.test(document.querySelector('#ds-captions')?.innerText)")
+
+
+UNLABELLED = """(root) => [...document.querySelectorAll(root + ' :is(input, textarea, button, select)')]
+  .filter(e => e.offsetParent !== null && e.type !== 'hidden')
+  .filter(e => !((e.getAttribute('aria-label') || [...(e.labels || [])].map(l => l.innerText).join(' ')
+                  || e.getAttribute('title') || (e.tagName === 'BUTTON' ? e.innerText : '')).trim()))
+  .map(e => e.outerHTML.slice(0, 160))"""
+CLIPPED_SLIDERS = """(root) => [...document.querySelectorAll(root + ' [data-testid=range-input]')]
+  .map(r => r.closest('.block'))
+  .filter(b => b.offsetParent !== null && b.scrollWidth > b.clientWidth + 1)
+  .map(b => `${b.id}: ${b.scrollWidth}px of content in ${b.clientWidth}px`)"""
+
+
+def _generate_checks(page) -> None:
+    """#19.4: the library the page was opened with refreshes itself; sizes, labels and sliders."""
+    wait_text(page, "#gen-library", r"^1 LoRA in the library\.", timeout_ms=30_000)  # no reload: the timer
+    page.locator("#gen-refresh").click()
+    assert page.locator("#gen-width input[type=number]").input_value() == "128"  # tiny's own resolution
+    assert page.evaluate(UNLABELLED, "#tab-generate") == []
+    page.get_by_text("Grid: prompts × strengths").click()
+    page.get_by_text("Add a LoRA to the library").click()
+    assert page.evaluate(UNLABELLED, "#tab-generate") == []
+    assert page.evaluate(CLIPPED_SLIDERS, "#tab-generate") == []
+    page.set_viewport_size({"width": 1000, "height": 1000})  # a narrower window: rows wrap, nothing is cut
+    assert page.evaluate(CLIPPED_SLIDERS, "#tab-generate") == []
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def _restart_keeps_the_page(page, servers: list, home: Path) -> None:
+    """#19.5: the server restarts on its port; the open page reconnects, reloads and keeps its forms and job."""
+    page.get_by_role("tab", name="Train").click()
+    page.locator("#train-job input").first.click()
+    page.get_by_role("option").first.click()  # the older job, not the newest the page would show by default
+    wait_status(page, r"\bdone\b", timeout_ms=30_000)
+    first_job = page.locator("#train-job input").first.input_value().split(" ")[0]
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#gen-prompt textarea").fill("a kept prompt")
+    set_number(page, "gen-steps", "7")
+    page.wait_for_timeout(1000)  # the browser stores the form
+    page.evaluate("() => { window.beforeRestart = true; }")
+    port = int(servers[-1].url.rsplit(":", 1)[1])
+    stop_server(servers[-1])
+    servers.append(start_server(home, port=port))
+    page.wait_for_function("() => !window.beforeRestart", timeout=60_000)  # gradio reloaded the page itself
+    page.locator("#ds-gallery img").first.wait_for(timeout=60_000)  # the kept dataset is shown again
+    assert page.locator("#ds-name input").first.input_value() == "shapes"
+    page.get_by_role("tab", name="Generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#gen-prompt textarea')?.value === 'a kept prompt'", timeout=30_000
+    )
+    assert page.locator("#gen-steps input[type=number]").input_value() == "7"
+    page.get_by_role("tab", name="Train").click()
+    assert page.locator("#train-job input").first.input_value().startswith(first_job)
+    assert page.locator("#field-export-name textarea, #field-export-name input").first.input_value() == "long"
+    wait_status(page, r"\bdone\b", timeout_ms=30_000)  # the view shows the restored job, not the newest
 
 
 def _stop_jobs(home: Path) -> None:

@@ -249,7 +249,7 @@ def test_upload_train_download_and_preview_over_the_api(server, tmp_path):
         **common | {"steps": 1},
         api_name="/grid",
     )
-    assert Image.open(grid[0]).size[0] >= 2 * 64 and "2 prompt(s)" in grid[1]
+    assert Image.open(grid[0]).size[0] >= 2 * 64 and "2 prompts" in grid[1]
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\xff" * 64)
     added = client.predict(handle_file(bad), "", api_name="/add_lora")

@@ -66,9 +66,15 @@ def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_server(
-    home: Path, *args: str, host: str = "127.0.0.1", env: dict[str, str] | None = None, timeout_s: float = 90
+    home: Path,
+    *args: str,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    timeout_s: float = 90,
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    """`port`: the same one as a stopped server's, for a page that reconnects (default: a free one)."""
+    port = port or free_port()
     home.mkdir(parents=True, exist_ok=True)
     log = home.parent / f"serve-{port}.log"
     cmd = [

@@ -12,7 +12,8 @@ import sys
 from trainer.errors import StudioError
 
 # One module per area, each with `register(subparsers)`; handlers are set with `set_defaults(handler=…)`.
-COMMAND_MODULES = ("train", "models", "doctor", "jobs", "generate", "serve", "health", "estimate", "loratools")
+COMMAND_MODULES = ("train", "models", "doctor", "caption", "jobs", "generate", "serve", "health", "estimate",
+                   "loratools")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -200,10 +200,17 @@ class StopFlag:
 
 
 def print_config(args: argparse.Namespace) -> int:
-    from trainer.config import config_to_toml
+    from trainer.config_toml import commented_toml
 
-    print(config_to_toml(load_config(args.config)), end="")
+    print(commented_toml(load_config(args.config)), end="")
     return 0
+
+
+def precision_words(mixed_precision: str) -> str:
+    """accelerate's mixed-precision value as a person reads it ("no" means full float32)."""
+    if mixed_precision in ("no", "", None):
+        return "float32, no mixed precision"
+    return f"{mixed_precision} mixed precision"
 
 
 class ProgressPrinter:
@@ -218,7 +225,7 @@ class ProgressPrinter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, Started):
             where = f"{event.num_processes} processes" if event.num_processes > 1 else event.device
-            print(f"training on {where} ({event.mixed_precision}), {event.num_images} images, "
+            print(f"training on {where} ({precision_words(event.mixed_precision)}), {event.num_images} images, "
                   f"text cache {'on' if event.cached_text else 'off (captions change per step)'}",
                   file=sys.stderr)
             for path in event.skipped:

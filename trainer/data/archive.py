@@ -39,6 +39,7 @@ MAX_RATIO = 100
 RATIO_FLOOR = 8 * 1024**2
 """An archive may always unpack to this much, whatever its ratio (a few captions compress well)."""
 CAPTION_FILES = (".txt", ".caption")
+_REPEAT_FOLDER = re.compile(r"^\d+_")
 _JUNK = ("__MACOSX/", ".DS_Store", "Thumbs.db", "desktop.ini")
 
 
@@ -181,7 +182,21 @@ def _plan(archive: zipfile.ZipFile, zip_path: Path, max_entries: int, max_total_
     if not report.images:
         raise DatasetError("contains no PNG, JPEG or WebP images", where=str(zip_path),
                            fix="Zip the folder that holds the images and their .txt captions.")
-    return plan, report
+    return _drop_top_folder(plan, report)
+
+
+def _drop_top_folder(plan: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+                     report: ImportReport) -> tuple[list[tuple[zipfile.ZipInfo, PurePosixPath]], ImportReport]:
+    """A zip of a folder (`cats/01.png`, `cats/01.txt`, ...) holds the dataset itself: drop that one top folder,
+    so it is not nested in the dataset. A kohya repeat folder (`10_cats/`) stays: its name sets the repeats."""
+    tops = {relative.parts[0] for _, relative in plan if len(relative.parts) > 1}
+    top = next(iter(tops), "")
+    if len(tops) != 1 or any(len(relative.parts) == 1 for _, relative in plan) or _REPEAT_FOLDER.match(top):
+        return plan, report
+    strip = len(top) + 1
+    report.images = [name[strip:] for name in report.images]
+    report.captions = [name[strip:] for name in report.captions]
+    return [(info, PurePosixPath(*relative.parts[1:])) for info, relative in plan], report
 
 
 def _long_caption(name: str, size: int, zip_path: Path) -> DatasetError:

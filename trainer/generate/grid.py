@@ -64,15 +64,17 @@ def compose_grid(rows: list[list[Image.Image]], col_labels: list[str], row_label
     right, bottom = at.cell(len(rows) - 1, ncols - 1)[2:]
     sheet = Image.new("RGB", (right + PAD, bottom + PAD), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((PAD, PAD), title, fill=INK, font=at.font)
+    if title:  # never wider than the sheet
+        draw.text((PAD, PAD), _fit(draw, at.font, title, sheet.width - 2 * PAD), fill=INK, font=at.font)
     for col, text in enumerate(col_labels):
         draw.text((at.cell(0, col)[0], at.head_h - at.line_h), _fit(draw, at.font, text, at.cell_w),
                   fill=INK, font=at.font)
     for r, (row, text) in enumerate(zip(rows, row_labels, strict=True)):
         top = at.cell(r, 0)[1]
-        label = _fit(draw, at.font, text, at.label_w - 2 * PAD)
-        draw.text((PAD, top + at.cell_h // 2 - at.line_h // 2), label, fill=INK, font=at.font)
+        lines = _wrap(draw, at.font, text, at.label_w - 2 * PAD, max(1, at.cell_h // at.line_h))
+        first = top + at.cell_h // 2 - len(lines) * at.line_h // 2
+        for i, line in enumerate(lines):  # a long prompt wraps over the row's height instead of being cut
+            draw.text((PAD, first + i * at.line_h), line, fill=INK, font=at.font)
         for col, image in enumerate(row):
             sheet.paste(image.convert("RGB"), at.cell(r, col)[:2])
     return sheet
@@ -103,3 +105,16 @@ def _fit(draw: ImageDraw.ImageDraw, font, text: str, width: int) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
+
+
+def _wrap(draw: ImageDraw.ImageDraw, font, text: str, width: int, max_lines: int) -> list[str]:
+    """`text` in lines of at most `width` pixels, broken at spaces; the last line is shortened if needed."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines - 1] + [" ".join(lines[max_lines - 1:])]
+    return [_fit(draw, font, line, width) for line in lines] or [""]

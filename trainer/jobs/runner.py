@@ -97,7 +97,7 @@ class Runner:
         if result.stopped:
             self.log.write({"kind": "stopped", "step": result.step})
             self.store.update(self.job_id, status="stopped", step=result.step, loss=result.final_loss,
-                              only_if=("running",))
+                              outputs=outputs, only_if=("running",))  # the LoRA so far: `jobs show` lists it
             return 0
         library = [str(p) for p in publish(self.home, self.job_id, result.outputs, config, result.step)]
         if library:  # the name it got (`jobs show` has it too): `cats-2` when another job's `cats` was there
