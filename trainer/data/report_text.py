@@ -35,7 +35,12 @@ def format_report(report, limit: int = 20) -> str:
     counts = [_count(len(report.errors), "error"), _count(len(report.warnings), "warning")]
     if report.skipped:
         counts.append(_count(len(report.skipped), "file") + " skipped")
+    if not report.errors and not report.ok:
+        counts.append("and the class images below are refused")
     lines.append(f"Result: {verdict}: {', '.join(counts)}")
+    if report.class_images is not None:
+        lines += ["", "Class images (prior preservation), checked apart from the training images:",
+                  format_report(report.class_images, limit)]
     return "\n".join(lines)
 
 
@@ -48,8 +53,8 @@ def _on(processes: int) -> str:
 
 
 def _summary_lines(summary: dict) -> list[str]:
-    if not summary:
-        return []
+    if "images" not in summary or "concepts" not in summary:
+        return [f"  class images to generate: {summary['to_generate']}"] if "to_generate" in summary else []
     concepts = ", ".join(f"{name or '(root)'}: {c['images']} images x {c['repeats']}"
                          for name, c in summary["concepts"].items())
     buckets = ", ".join(f"{size}: {count}" for size, count in summary["buckets"].items()) or "none"
@@ -65,4 +70,5 @@ def _summary_lines(summary: dict) -> list[str]:
         f" {buckets}",
         f"  captions: {summary['captions']}",
         f"  caption length: {'checked against ' + str(limit) + ' tokens' if limit else 'not checked'}",
-    ]
+    ] + ([f"  class samples per epoch (matched to the training samples): {summary['class_samples_per_epoch']}"]
+         if "class_samples_per_epoch" in summary else [])
