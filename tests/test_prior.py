@@ -143,3 +143,18 @@ def test_the_doctor_says_class_images_will_be_drawn(two_images, tmp_path):
 def test_bad_prior_settings_name_the_field_and_the_fix(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(None, overrides)
+
+
+def test_the_form_names_a_class_dataset_never_a_free_path(tmp_path):
+    from app import forms
+    from app.security import SecurityError
+    from trainer.config import TrainConfig
+
+    values = {**forms.config_to_values(TrainConfig()), "data.class_dir": "dogs", "train.prior_loss_weight": "0.5"}
+    config = forms.values_to_config(values, tmp_path, dataset="cats")
+    assert config.data.class_dir == str((tmp_path / "datasets" / "dogs").resolve())
+    assert config.train.prior_loss_weight == 0.5
+    assert forms.values_to_config(forms.config_to_values(config), tmp_path, dataset="cats") == config
+    assert "Prior preservation" in forms._help("train.prior_loss_weight")
+    with pytest.raises(SecurityError):
+        forms.values_to_config({**values, "data.class_dir": "../../etc"}, tmp_path, dataset="cats")
