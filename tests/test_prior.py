@@ -158,3 +158,20 @@ def test_the_form_names_a_class_dataset_never_a_free_path(tmp_path):
     assert "Prior preservation" in forms._help("train.prior_loss_weight")
     with pytest.raises(SecurityError):
         forms.values_to_config({**values, "data.class_dir": "../../etc"}, tmp_path, dataset="cats")
+
+
+def test_class_images_decode_in_the_unet_dtype_without_touching_the_training_models():
+    """SDXL's VAE encodes in float32 under fp16 (a GPU case): drawing uses a half-precision copy of the VAE, and
+    leaves the training UNet's and VAE's dtypes alone (diffusers' from_pipe would cast them)."""
+    from trainer.config import ModelConfig
+    from trainer.generate.render import render
+    from trainer.models import load_base
+    from trainer.prior import _decoding_pipe
+
+    base = load_base(ModelConfig(base_model="tiny-sdxl"))
+    for name in ("unet", *base.family.text_encoder_names):
+        getattr(base.pipe, name).to(dtype=torch.bfloat16)
+    pipe = _decoding_pipe(base)
+    assert pipe.vae.dtype == torch.bfloat16 and pipe.unet is base.pipe.unet
+    assert render(pipe, "a photo of a cat", steps=1, width=64, height=64)[0].size == (64, 64)
+    assert (base.pipe.unet.dtype, base.pipe.vae.dtype) == (torch.bfloat16, torch.float32)

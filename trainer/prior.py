@@ -165,4 +165,5 @@ def _decoding_pipe(base):
     unet_dtype = next(pipe.unet.parameters()).dtype
     if pipe.vae.dtype == unet_dtype or not unet_dtype.is_floating_point:
         return pipe
-    return type(pipe).from_pipe(pipe, vae=copy.deepcopy(pipe.vae).to(dtype=unet_dtype))
+    # Not `from_pipe`: it casts every shared component (the training UNet too) to its torch_dtype, float32.
+    return type(pipe)(**{**pipe.components, "vae": copy.deepcopy(pipe.vae).to(dtype=unet_dtype)})
