@@ -175,3 +175,14 @@ def test_class_images_decode_in_the_unet_dtype_without_touching_the_training_mod
     assert pipe.vae.dtype == torch.bfloat16 and pipe.unet is base.pipe.unet
     assert render(pipe, "a photo of a cat", steps=1, width=64, height=64)[0].size == (64, 64)
     assert (base.pipe.unet.dtype, base.pipe.vae.dtype) == (torch.bfloat16, torch.float32)
+
+
+def test_a_job_pins_the_class_folder_to_an_absolute_path(tmp_path, monkeypatch):
+    """The runner works in the job folder, so a relative data.class_dir is resolved where the job was submitted."""
+    from trainer.jobs.paths import JobFiles
+    from trainer.jobs.supervisor import pin_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, {"data.class_dir": "reg/dogs"})
+    pinned = pin_paths(config, JobFiles(tmp_path / "jobs" / "1"))
+    assert pinned.data.class_dir == str(tmp_path.resolve() / "reg" / "dogs")
