@@ -229,8 +229,8 @@ class ProgressPrinter:
             self.bar = self._tqdm(total=event.total_steps, initial=event.start_step, unit="step",
                                   dynamic_ncols=True)
         elif isinstance(event, ClassImages):
-            made = f"drew {event.generated}" if event.generated else "reused"
-            print(f"class images: {event.images} ({made}) in {event.folder}, {event.samples_per_epoch} per epoch",
+            made = f", {event.generated} drawn now" if event.generated else ""
+            print(f"class images: {event.images} in {event.folder}{made}, {event.samples_per_epoch} per epoch",
                   file=sys.stderr)
         elif isinstance(event, Progress) and self.bar is not None:
             self.bar.update(event.step - self.bar.n)

@@ -103,6 +103,8 @@ def class_report(config, train_samples: int | None = None, workdir: str | Path |
         report.summary = {"images": 0, "to_generate": config.data.num_class_images}
         return report
     report = doctor(folder, class_config(config), tokenizer=tokenizer)
+    for finding in report.findings:  # a class image without a caption falls back on the class prompt
+        finding.fix = finding.fix.replace("data.default_caption", "data.class_prompt")
     _check_class_captions(report, config.data.trigger_word)
     _note_matching(report, train_samples)
     return report
@@ -128,7 +130,7 @@ def _note_matching(report, train_samples: int | None) -> None:
     if samples > train_samples:
         report.add("warning", "class-images-unused", report.root,
                    f"has {samples} class samples (images x repeats) for {train_samples} training samples; each "
-                   f"epoch trains {train_samples} of them, so {samples - train_samples} are never used",
+                   f"epoch trains the same {train_samples} of them, so {samples - train_samples} go unused",
                    "Add training images or repeats, or use fewer class images.")
     elif samples < train_samples:
         report.add("note", "class-images-cycled", report.root,

@@ -59,7 +59,7 @@ def _summary_lines(summary: dict) -> list[str]:
                          for name, c in summary["concepts"].items())
     buckets = ", ".join(f"{size}: {count}" for size, count in summary["buckets"].items()) or "none"
     limit = summary["token_limit"]
-    return [
+    lines = [
         "Summary",
         f"  images: {summary['images']} ({concepts})",
         f"  samples per epoch (images x repeats): {summary['samples_per_epoch']}",
@@ -70,5 +70,10 @@ def _summary_lines(summary: dict) -> list[str]:
         f" {buckets}",
         f"  captions: {summary['captions']}",
         f"  caption length: {'checked against ' + str(limit) + ' tokens' if limit else 'not checked'}",
-    ] + ([f"  class samples per epoch (matched to the training samples): {summary['class_samples_per_epoch']}"]
-         if "class_samples_per_epoch" in summary else [])
+    ]
+    if "class_samples" in summary:  # a class folder: its epochs are the training images' (trainer/data/prior.py)
+        lines = [line for line in lines if not line.startswith("  steps per epoch")]
+    if "class_samples_per_epoch" in summary:
+        lines.append(f"  class samples per epoch: {summary['class_samples_per_epoch']}, as many as the training "
+                     "samples, so each epoch has twice the steps of the training images alone")
+    return lines
