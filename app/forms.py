@@ -86,6 +86,12 @@ ADVANCED = (
     Field("train.early_stop_patience", "Early stop after N checks without improvement (0 = off)"),
     Field("train.ema_decay", "EMA of the LoRA weights: decay (0 = off; like 0.999)"),
     Field("train.ema_on_cpu", "Keep the EMA copy on the CPU"),
+    Field("data.class_dir", "Prior preservation: class images dataset (a dataset name; empty = none)"),
+    Field("data.class_prompt", "Prior preservation: class prompt"),
+    Field("data.num_class_images", "Prior preservation: class images to generate (0 = none)"),
+    Field("data.class_steps", "Prior preservation: denoising steps per generated class image"),
+    Field("data.class_seed", "Prior preservation: seed of the generated class images"),
+    Field("train.prior_loss_weight", "Prior preservation: loss weight of class images"),
 )
 ALL_FIELDS = ESSENTIALS + SAMPLES + ADVANCED
 
@@ -209,6 +215,10 @@ def values_to_config(values: dict[str, Any], home: Path, dataset: str | None = N
     if dataset is not None:
         folder = inside(home / "datasets", safe_name(dataset, what="dataset name"))
         data.setdefault("data", {})["path"] = str(folder)
+    class_dataset = data.get("data", {}).get("class_dir")
+    if class_dataset:  # like the dataset: a name under <home>/datasets, never a free path on the server
+        folder = inside(home / "datasets", safe_name(class_dataset, what="class images dataset name"))
+        data["data"]["class_dir"] = str(folder)
     return config_from_dict(data, where="the Train form")
 
 
@@ -222,6 +232,8 @@ def config_to_values(config: TrainConfig, fields: tuple[Field, ...] = ALL_FIELDS
             value = "\n".join(value)
         elif f.choices:
             value = str(value)
+        elif f.key == "data.class_dir" and value:
+            value = Path(value).name  # the form names datasets (see values_to_config)
         out[f.key] = value
     return out
 

@@ -88,6 +88,21 @@ class DataConfig:
     image), picked with `train.seed`; 0 holds none out. Needs `train.validate_every` > 0."""
     validation_dir: str = ""
     """A folder of images (and captions) used as the validation set instead, read like `data.path`."""
+    class_dir: str = ""
+    """Prior preservation: a folder of class (regularization) images with captions, read like `data.path`
+    (`.txt` captions, kohya `N_name` repeats); trained beside your images at `train.prior_loss_weight`.
+    Images without a caption use `data.class_prompt`. Empty: no class folder."""
+    class_prompt: str = ""
+    """Prior preservation: the class prompt (like "a photo of a dog", without the trigger word). With
+    `data.num_class_images` the base model draws that many class images once before training."""
+    num_class_images: int = 0
+    """Class images to generate from the base model with `data.class_prompt` (once; cached under
+    `data.cache_dir`, or the run folder when that is empty, and reused by later runs); 0 generates none."""
+    class_steps: int = 30
+    """Denoising steps per generated class image."""
+    class_seed: int = 0
+    """Seed of the generated class images (image i uses class_seed + i), apart from `train.seed` so a seed
+    sweep reuses the same class images."""
 
 
 @dataclass
@@ -189,6 +204,9 @@ class TrainingConfig:
     ema_on_cpu: bool = False
     """Keep the EMA copy in CPU memory instead of on the training device: saves accelerator memory the size of the
     LoRA, for a copy of the LoRA to the CPU each step. May change when resuming."""
+    prior_loss_weight: float = 1.0
+    """Prior preservation: the loss weight of each class image (`data.class_dir` or generated), as in kohya and
+    diffusers (1.0). Each epoch trains as many class samples as training samples, interleaved in the batches."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 from trainer.config import CONFIG_VERSION, OPTIMIZERS, QUANTIZE_CHOICES, TrainConfig
@@ -77,6 +78,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.export.dtype in ("float16", "bfloat16", "float32"),
          f"export.dtype must be float16, bfloat16 or float32, got {c.export.dtype!r}")
     problems += ema_problems(c)
+    problems += prior_problems(c)
     problems += combination_problems(c)
     if problems:
         raise ConfigError(problems)
@@ -171,6 +173,35 @@ def optimizer_problems(c: TrainConfig) -> list[str]:
         problems.append(f"train.ema_decay = {c.train.ema_decay} with optim.optimizer = 'schedulefree': schedule-free "
                         "AdamW already averages its weights (and samples and exports the average); set "
                         "train.ema_decay = 0, or use optim.optimizer = 'adamw' with EMA")
+    return problems
+
+
+def prior_problems(c: TrainConfig) -> list[str]:
+    """The prior-preservation settings: a class folder or generated class images, never both (trainer/prior.py)."""
+    data, weight = c.data, c.train.prior_loss_weight
+    problems = []
+    if weight < 0:
+        problems.append(f"train.prior_loss_weight must be >= 0 (1.0 is kohya's and diffusers' value), got {weight}")
+    if not 0 <= data.num_class_images <= 10_000:
+        problems.append(f"data.num_class_images must be 0..10000 (0: generate none), got {data.num_class_images}")
+    if not 1 <= data.class_steps <= 200:
+        problems.append(f"data.class_steps must be 1..200, got {data.class_steps}")
+    if not 0 <= data.class_seed <= MAX_SEED:
+        problems.append(f"data.class_seed must be a whole number from 0 to {MAX_SEED:,} (2^32-1), "
+                        f"got {data.class_seed}")
+    folder, prompt = data.class_dir.strip(), data.class_prompt.strip()
+    if data.num_class_images > 0 and folder:
+        problems.append("data.num_class_images asks for generated class images, but data.class_dir names a class "
+                        "folder: set data.num_class_images = 0 to use the folder, or data.class_dir = '' to generate")
+    elif data.num_class_images > 0 and not prompt:
+        problems.append(f"data.num_class_images = {data.num_class_images} needs data.class_prompt (like "
+                        "\"a photo of a dog\") to generate them from, or set data.num_class_images = 0")
+    elif prompt and not folder and data.num_class_images == 0:
+        problems.append("data.class_prompt is set but no class images are used: set data.num_class_images (like "
+                        "100) to generate them, or data.class_dir to a folder of class images")
+    if folder and Path(folder).expanduser().resolve() == Path(data.path).expanduser().resolve():
+        problems.append("data.class_dir is the training folder data.path: class (regularization) images must be "
+                        "a folder of their own")
     return problems
 
 

@@ -42,6 +42,18 @@ class Started(Event):
 
 
 @dataclass
+class ClassImages(Event):
+    kind: ClassVar[str] = "class_images"
+    folder: str
+    """Prior preservation: the class images' folder (`data.class_dir`, or the generated images' cache)."""
+    images: int
+    generated: int = 0
+    """Images drawn from the base model by this run: 0 when a class folder or a complete cache was used."""
+    samples_per_epoch: int = 0
+    """Class samples trained each epoch (as many as the training samples)."""
+
+
+@dataclass
 class Progress(Event):
     kind: ClassVar[str] = "progress"
     step: int

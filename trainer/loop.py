@@ -26,14 +26,14 @@ from diffusers.training_utils import compute_snr
 
 from trainer import checkpoint as ckpt
 from trainer import distributed as dist
-from trainer import tracking
+from trainer import prior, tracking
 from trainer import validation as val
 from trainer.config import TrainConfig, save_config, validate
 from trainer.data import check_dataset
 from trainer.ema import LoraEMA, ema_metadata, keep_average, swapped_in
 from trainer.errors import StudioError, TrainingError
 from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started
-from trainer.examples import ExampleSet, TrainBatch, captions_are_static
+from trainer.examples import TrainBatch, captions_are_static
 from trainer.export import export_lora
 from trainer.models import load_base
 from trainer.models.quantize import check_available as check_quantize_available
@@ -144,7 +144,10 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
 
     # Latents and (static) captions are encoded once, so each step runs only the UNet.
     cache_text = captions_are_static(config.data) and not config.network.train_text_encoder
-    examples = ExampleSet(base, items, config.data, resolution, accelerator.device, frozen_dtype, cache_text)
+    # Prior preservation: class images (a folder, or drawn once by the base model and cached) join the epochs.
+    class_items = prior.class_items_for_run(config, base, resolution, accelerator, workdir, report, emit)
+    examples = prior.example_set(base, items, class_items, config, resolution, accelerator.device, frozen_dtype,
+                                 cache_text)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     state = ckpt.read_state(resume_at) if resume_at is not None else None
     validator = val.Validator.build(base, held_out, config, resolution, accelerator.device, frozen_dtype,

@@ -25,6 +25,9 @@ FLAG_FIELDS = {
     "background": "data.background",
     "masked_loss": "data.masked_loss",
     "alpha_mask": "data.alpha_mask",
+    "class_dir": "data.class_dir",
+    "class_prompt": "data.class_prompt",
+    "num_class_images": "data.num_class_images",
 }
 
 
@@ -55,6 +58,10 @@ def register(subparsers) -> None:
                         help="use the alpha channel of images without a mask file as their loss mask")
     parser.add_argument("--no-bucketing", dest="bucketing", action="store_false", default=None,
                         help="square crops instead of aspect-ratio buckets")
+    parser.add_argument("--class-dir", metavar="DIR", help="prior preservation: also check this class image folder")
+    parser.add_argument("--class-prompt", metavar="TEXT", help="caption of class images without one")
+    parser.add_argument("--num-class-images", type=int, metavar="N",
+                        help="class images the run will draw (reports whether they are cached yet)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--limit", type=int, default=20, help="files shown per check (default 20)")
     parser.set_defaults(handler=run_doctor)
@@ -74,6 +81,7 @@ def register(subparsers) -> None:
 def run_doctor(args: argparse.Namespace) -> int:
     from trainer.config import load_config
     from trainer.data import doctor
+    from trainer.data.doctor import with_class_images
 
     overrides = {dotted: getattr(args, flag) for flag, dotted in FLAG_FIELDS.items()
                  if getattr(args, flag, None) is not None}
@@ -83,7 +91,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         overrides["data.bucketing"] = False
     overrides["data.path"] = args.dataset
     config = load_config(args.config, overrides)
-    report = doctor(args.dataset, config)
+    report = with_class_images(doctor(args.dataset, config), config)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(limit=args.limit))
     return 0 if report.ok else 1
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from trainer.config import OPTIMIZERS, load_config
-from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started, Validation
+from trainer.events import CheckpointSaved, ClassImages, Done, Event, Failed, Progress, SampleSaved, Started, Validation
 
 # flag -> dotted config field; flags override the file.
 FLAG_FIELDS = {
@@ -41,6 +41,10 @@ FLAG_FIELDS = {
     "early_stop_patience": "train.early_stop_patience",
     "ema_decay": "train.ema_decay",
     "ema_on_cpu": "train.ema_on_cpu",
+    "class_dir": "data.class_dir",
+    "class_prompt": "data.class_prompt",
+    "num_class_images": "data.num_class_images",
+    "prior_loss_weight": "train.prior_loss_weight",
 }
 
 
@@ -93,6 +97,13 @@ def register(subparsers) -> None:
                         help="keep an EMA of the LoRA weights with this decay (like 0.999) and export it; 0: off")
     parser.add_argument("--ema-on-cpu", action="store_true", default=None,
                         help="keep the EMA copy in CPU memory instead of on the GPU")
+    parser.add_argument("--class-dir", metavar="DIR",
+                        help="prior preservation: a folder of class (regularization) images with captions")
+    parser.add_argument("--class-prompt", metavar="TEXT",
+                        help="prior preservation: the class prompt (captions class images that have none)")
+    parser.add_argument("--num-class-images", type=int, metavar="N",
+                        help="draw N class images from the base model with --class-prompt once (cached)")
+    parser.add_argument("--prior-loss-weight", type=float, metavar="W", help="loss weight of class images (1.0)")
     parser.add_argument("--resume", metavar="DIR", help="resume from a run folder's newest checkpoint")
     parser.add_argument("--num-processes", type=int, metavar="N",
                         help="train on N processes (GPUs; CPU processes without a GPU) through accelerate")
@@ -234,6 +245,10 @@ class ProgressPrinter:
                 print(f"TensorBoard: tensorboard --logdir {event.log_dir}", file=sys.stderr)
             self.bar = self._tqdm(total=event.total_steps, initial=event.start_step, unit="step",
                                   dynamic_ncols=True)
+        elif isinstance(event, ClassImages):
+            made = f", {event.generated} drawn now" if event.generated else ""
+            print(f"class images: {event.images} in {event.folder}{made}, {event.samples_per_epoch} per epoch",
+                  file=sys.stderr)
         elif isinstance(event, Progress) and self.bar is not None:
             self.bar.update(event.step - self.bar.n)
             self.bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.lr:.2e}")

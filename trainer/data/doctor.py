@@ -50,6 +50,8 @@ class Report:
     """The images training will use (bad ones removed when skipping)."""
     skipped: list[Path] = field(default_factory=list)
     """Files dropped because of `data.skip_bad_images`."""
+    class_images: Report | None = None
+    """Prior preservation: the class images' own report (trainer/data/prior.py); its errors refuse the run too."""
 
     @property
     def errors(self) -> list[Finding]:
@@ -61,14 +63,15 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and (self.class_images is None or self.class_images.ok)
 
     def add(self, level: str, code: str, path: str | Path, message: str, fix: str = "") -> None:
         self.findings.append(Finding(level, code, str(path), message, fix))
 
     def to_dict(self) -> dict:
         return {"root": str(self.root), "ok": self.ok, "summary": self.summary,
-                "findings": [vars(f) for f in self.findings], "skipped": [str(p) for p in self.skipped]}
+                "findings": [vars(f) for f in self.findings], "skipped": [str(p) for p in self.skipped],
+                **({"class_images": self.class_images.to_dict()} if self.class_images is not None else {})}
 
     def format(self, limit: int = 20) -> str:
         """The report as text: errors, then warnings, then notes, then the summary."""
@@ -123,10 +126,18 @@ def doctor(path: str | Path | None = None, config=None, tokenizer="auto",
 def check_dataset(config, tokenizer="auto",
                   resolution: int | None = None) -> tuple[list[DatasetItem], Report]:
     """Run the doctor on `config.data.path`; return (usable items, report) or raise DatasetRefused."""
-    report = doctor(None, config, tokenizer=tokenizer, resolution=resolution)
+    report = with_class_images(doctor(None, config, tokenizer=tokenizer, resolution=resolution), config)
     if not report.ok:
         raise DatasetRefused(report)
     return report.items, report
+
+
+def with_class_images(report: Report, config, tokenizer="auto") -> Report:
+    """`report` with the class (prior-preservation) images' own report attached, when the config uses them."""
+    from trainer.data.prior import class_report
+
+    report.class_images = class_report(config, report.summary.get("samples_per_epoch"), tokenizer=tokenizer)
+    return report
 
 
 def default_resolution(model) -> int:

@@ -35,7 +35,12 @@ def format_report(report, limit: int = 20) -> str:
     counts = [_count(len(report.errors), "error"), _count(len(report.warnings), "warning")]
     if report.skipped:
         counts.append(_count(len(report.skipped), "file") + " skipped")
+    if not report.errors and not report.ok:
+        counts.append("and the class images below are refused")
     lines.append(f"Result: {verdict}: {', '.join(counts)}")
+    if report.class_images is not None:
+        lines += ["", "Class images (prior preservation), checked apart from the training images:",
+                  format_report(report.class_images, limit)]
     return "\n".join(lines)
 
 
@@ -48,13 +53,13 @@ def _on(processes: int) -> str:
 
 
 def _summary_lines(summary: dict) -> list[str]:
-    if not summary:
-        return []
+    if "images" not in summary or "concepts" not in summary:
+        return [f"  class images to generate: {summary['to_generate']}"] if "to_generate" in summary else []
     concepts = ", ".join(f"{name or '(root)'}: {c['images']} images x {c['repeats']}"
                          for name, c in summary["concepts"].items())
     buckets = ", ".join(f"{size}: {count}" for size, count in summary["buckets"].items()) or "none"
     limit = summary["token_limit"]
-    return [
+    lines = [
         "Summary",
         f"  images: {summary['images']} ({concepts})",
         f"  samples per epoch (images x repeats): {summary['samples_per_epoch']}",
@@ -67,3 +72,9 @@ def _summary_lines(summary: dict) -> list[str]:
         f"  caption length: {'checked against ' + str(limit) + ' tokens' if limit else 'not checked'}",
         f"  loss masks: {summary.get('masks', 'none')}",
     ]
+    if "class_samples" in summary:  # a class folder: its epochs are the training images' (trainer/data/prior.py)
+        lines = [line for line in lines if not line.startswith("  steps per epoch")]
+    if "class_samples_per_epoch" in summary:
+        lines.append(f"  class samples per epoch: {summary['class_samples_per_epoch']}, as many as the training "
+                     "samples, so each epoch has twice the steps of the training images alone")
+    return lines

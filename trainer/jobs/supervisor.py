@@ -306,8 +306,9 @@ def pin_paths(config: TrainConfig, files: JobFiles) -> TrainConfig:
     """
     config = copy.deepcopy(config)
     config.data.path = str(Path(config.data.path).expanduser().resolve())
-    if config.data.cache_dir:
-        config.data.cache_dir = str(Path(config.data.cache_dir).expanduser().resolve())
+    for field in ("cache_dir", "class_dir"):
+        if getattr(config.data, field):
+            setattr(config.data, field, str(Path(getattr(config.data, field)).expanduser().resolve()))
     for field in ("base_model", "base_config"):
         value = getattr(config.model, field)
         if value and Path(value).expanduser().exists():
