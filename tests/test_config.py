@@ -76,3 +76,14 @@ def test_cli_bad_flag_value_fails_before_training(tmp_path):
     assert result.returncode == 2
     assert "optim.learning_rate must be > 0, got -3.0" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_older_than_a_new_setting_still_resumes_unless_the_run_changes_it():
+    from trainer.checkpoint import resume_breaking_changes
+
+    current = load_config().to_dict()
+    saved = load_config().to_dict()
+    del saved["train"]["ema_decay"], saved["data"]["class_dir"]  # written before these settings existed
+    assert resume_breaking_changes(saved, current) == []
+    current["train"]["ema_decay"] = 0.99
+    assert resume_breaking_changes(saved, current) == ["train.ema_decay: 0.0 -> 0.99"]

@@ -177,12 +177,14 @@ def test_class_images_decode_in_the_unet_dtype_without_touching_the_training_mod
     assert (base.pipe.unet.dtype, base.pipe.vae.dtype) == (torch.bfloat16, torch.float32)
 
 
-def test_a_job_pins_the_class_folder_to_an_absolute_path(tmp_path, monkeypatch):
-    """The runner works in the job folder, so a relative data.class_dir is resolved where the job was submitted."""
+def test_a_job_pins_the_class_and_validation_folders_to_absolute_paths(tmp_path, monkeypatch):
+    """The runner works in the job folder, so a relative data.class_dir (or data.validation_dir) is resolved
+    where the job was submitted."""
     from trainer.jobs.paths import JobFiles
     from trainer.jobs.supervisor import pin_paths
 
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, {"data.class_dir": "reg/dogs"})
+    config = load_config(None, {"data.class_dir": "reg/dogs", "data.validation_dir": "held-out"})
     pinned = pin_paths(config, JobFiles(tmp_path / "jobs" / "1"))
     assert pinned.data.class_dir == str(tmp_path.resolve() / "reg" / "dogs")
+    assert pinned.data.validation_dir == str(tmp_path.resolve() / "held-out")

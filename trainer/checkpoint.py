@@ -164,9 +164,12 @@ def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) ->
 
 
 def resume_breaking_changes(saved: dict, current: dict) -> list[str]:
-    """`field: old -> new` for every changed setting that resuming cannot absorb."""
+    """`field: old -> new` for every changed setting that resuming cannot absorb.
+
+    A setting the saved config lacks (the checkpoint predates it) counts as its default then: a field added to
+    LoRA Studio does not stop older checkpoints from resuming unless the run now sets it otherwise."""
     changes = []
-    for key, old, new in _diff(saved, current):
+    for key, old, new in _diff(_with_defaults(saved, TrainConfig().to_dict()), current):
         if key.startswith(RESUMABLE_CHANGES):
             if key == "train.steps" and current["optim"]["lr_scheduler"] != "constant" and old != new:
                 changes.append(f"{key}: {old!r} -> {new!r} (the {current['optim']['lr_scheduler']} "
@@ -175,6 +178,14 @@ def resume_breaking_changes(saved: dict, current: dict) -> list[str]:
         reason = f" ({BREAKING_REASONS[key]})" if key in BREAKING_REASONS else ""
         changes.append(f"{key}: {old!r} -> {new!r}{reason}")
     return changes
+
+
+def _with_defaults(saved: dict, defaults: dict) -> dict:
+    out = dict(defaults)
+    for key, value in saved.items():
+        both_tables = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        out[key] = _with_defaults(value, defaults[key]) if both_tables else value
+    return out
 
 
 def _diff(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:

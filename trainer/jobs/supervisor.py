@@ -306,7 +306,7 @@ def pin_paths(config: TrainConfig, files: JobFiles) -> TrainConfig:
     """
     config = copy.deepcopy(config)
     config.data.path = str(Path(config.data.path).expanduser().resolve())
-    for field in ("cache_dir", "class_dir"):
+    for field in ("cache_dir", "class_dir", "validation_dir"):
         if getattr(config.data, field):
             setattr(config.data, field, str(Path(getattr(config.data, field)).expanduser().resolve()))
     for field in ("base_model", "base_config"):
