@@ -184,7 +184,8 @@ def test_a_job_pins_the_class_and_validation_folders_to_absolute_paths(tmp_path,
     from trainer.jobs.supervisor import pin_paths
 
     monkeypatch.chdir(tmp_path)
-    config = load_config(None, {"data.class_dir": "reg/dogs", "data.validation_dir": "held-out"})
+    config = load_config(None, {"data.class_dir": "reg/dogs", "data.validation_dir": "held-out",
+                                "train.validate_every": 10})
     pinned = pin_paths(config, JobFiles(tmp_path / "jobs" / "1"))
     assert pinned.data.class_dir == str(tmp_path.resolve() / "reg" / "dogs")
     assert pinned.data.validation_dir == str(tmp_path.resolve() / "held-out")
