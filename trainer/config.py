@@ -25,6 +25,7 @@ from trainer.errors import ConfigError
 
 CONFIG_VERSION = 1
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+NETWORK_TYPES = ("lora", "loha", "lokr", "adalora")
 
 
 @dataclass
@@ -80,6 +81,11 @@ class DataConfig:
 
 @dataclass
 class NetworkConfig:
+    type: str = "lora"
+    """Adapter type: `lora`; `loha` (LyCORIS Hadamard product of two low-rank pairs, more capacity per
+    parameter); `lokr` (LyCORIS Kronecker product, very small files); `adalora` (LoRA in SVD form starting at
+    `rank` whose budget is pruned to an average of rank/2 over the run, kept where it matters most, exported as
+    a plain LoRA of the ranks kept)."""
     rank: int = 8
     """LoRA rank (dimension): the size of the low-rank update. 4–32 is typical."""
     alpha: float = 8.0

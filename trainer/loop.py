@@ -37,6 +37,7 @@ from trainer.examples import ExampleSet, TrainBatch, captions_are_static
 from trainer.export import export_lora
 from trainer.models import load_base
 from trainer.network import add_lora, trainable_parameters
+from trainer.network_types import RankBudget
 from trainer.precision import choose_mixed_precision, place_weights, weight_dtype
 from trainer.samples import render_samples
 from trainer.state_hooks import register_lora_state_hooks
@@ -128,7 +129,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     # text encoders): the order of the optimizer's groups, of the wrapped models and of the checkpoint files.
     base = load_base(config.model)
     resolution = config.data.resolution or base.default_resolution
-    lora_configs = add_lora(base, config.network)
+    lora_configs = add_lora(base, config.network, cfg.steps)
+    budget = RankBudget.for_run(base, lora_configs)  # AdaLoRA only: its rank allocation each step
     params = trainable_parameters(base, config.network)
     place_weights(base, params, accelerator.device, accelerator.mixed_precision)
     frozen_dtype = weight_dtype(accelerator.mixed_precision)
@@ -149,6 +151,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     # Optimizer, LR schedule, and every trained model wrapped by accelerate (DDP all-reduces their gradients).
     optimizer, lr_scheduler = _optimizer(params, config, accelerator.num_processes)
     register_lora_state_hooks(accelerator, base, lora_configs)
+    if budget is not None:
+        accelerator.register_for_checkpointing(budget)
     models, optimizer, lr_scheduler = prepare_models(accelerator, base, params, optimizer, lr_scheduler)
     unet = models["unet"]
     text_fn = trainable_text_fn(base, models) if config.network.train_text_encoder else None
@@ -187,11 +191,13 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         with accelerator.accumulate(*models.values()):
             batch = examples.batch([global_ids[p] for p in positions], rng, text_fn, generators)
             loss = training_step(unet, noise_scheduler, base, batch, config, generators)
-            accelerator.backward(loss)
+            accelerator.backward(loss + budget.penalty() if budget is not None else loss)
             if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                 accelerator.clip_grad_norm_([p for g in params.values() for p in g], config.optim.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
+            if budget is not None and accelerator.sync_gradients:
+                budget.update(step + 1)
             optimizer.zero_grad(set_to_none=True)
         micro_step += 1
         window.append(accelerator.gather(loss.detach()).mean().item())
