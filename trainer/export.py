@@ -65,8 +65,9 @@ def loader_state_dict(base, peft_tensors: dict[str, torch.Tensor], config: Train
     network = config.network
     if network.type in ("loha", "lokr"):
         return lyco.lycoris_state_dict(peft_tensors, lambda c, m: kohya_stem(base, c, m), network)
-    kohya = kohya_state_dict(base, peft_tensors, _kohya_alpha(config))
-    return lyco.trim_pruned_ranks(kohya) if network.type == "adalora" else kohya
+    if network.type == "adalora":  # plain_lora_from_adalora folded the scale in: alpha = rank
+        return lyco.trim_pruned_ranks(kohya_state_dict(base, peft_tensors, float(network.rank)))
+    return kohya_state_dict(base, peft_tensors, _kohya_alpha(config))
 
 
 def kohya_refusal(config: TrainConfig) -> str | None:

@@ -81,8 +81,11 @@ def plain_lora_from_adalora(peft_tensors: dict[str, torch.Tensor], lora_configs:
 
 
 def trim_pruned_ranks(kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop each layer's all-zero ranks (AdaLoRA's pruned ones) and layers with none left; alpha = the ranks
-    kept, so the scale stays 1."""
+    """Drop each layer's all-zero ranks (AdaLoRA's pruned ones) and layers with none left.
+
+    Every layer keeps the file's one alpha and its up matrix takes the rank change (kept/rank), so
+    alpha/kept · up' = alpha/rank · up: diffusers' kohya loader gets the layers' ranks right (rank_pattern) but
+    mis-scales layers whose alpha differs from the most common one (seen with diffusers 0.42.1)."""
     out = {}
     for key, down in kohya.items():
         if not key.endswith(".lora_down.weight"):
@@ -91,9 +94,10 @@ def trim_pruned_ranks(kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         kept = down.reshape(down.shape[0], -1).abs().sum(dim=1) > 0
         if not kept.any():
             continue
+        up = kohya[f"{stem}.lora_up.weight"][:, kept]
         out[key] = down[kept].contiguous()
-        out[f"{stem}.lora_up.weight"] = kohya[f"{stem}.lora_up.weight"][:, kept].contiguous()
-        out[f"{stem}.alpha"] = torch.tensor(float(kept.sum()))
+        out[f"{stem}.lora_up.weight"] = (up.float() * (int(kept.sum()) / down.shape[0])).to(up.dtype).contiguous()
+        out[f"{stem}.alpha"] = kohya[f"{stem}.alpha"]
     return out
 
 
