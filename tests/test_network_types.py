@@ -15,7 +15,9 @@ from peft.utils import set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from trainer.config import NetworkConfig, load_config
+from trainer.errors import LoraFileError
 from trainer.export import kohya_stem, read_lora_metadata
+from trainer.generate.lorafile import read_lora_file
 from trainer.loop import train
 from trainer.lycoris_export import plain_lora_from_adalora, split_key
 from trainer.models.families import family_for_pipeline
@@ -110,6 +112,10 @@ def test_each_file_applied_like_the_loaders_equals_the_trained_layers(full_run, 
     assert meta["ss_network_module"] == ("networks.lora" if network_type == "adalora" else "lycoris.kohya")
     assert f'"algo": "{network_type}"' in meta["ss_network_args"]
     assert (network_type == "adalora") != ("diffusers cannot load" in meta.get("lora_studio_diffusers_note", ""))
+    if network_type != "adalora":  # the Generate tab's pool refuses what diffusers cannot load, by name
+        for path in result.outputs[:2]:
+            with pytest.raises(LoraFileError, match=f"LyCORIS {'LoHa' if network_type == 'loha' else 'LoKr'}"):
+                read_lora_file(path)
 
 
 @pytest.mark.parametrize(("network_type", "family"), RESUMED)
