@@ -183,7 +183,7 @@ def _check_exported(kohya_path: Path, peft_path: Path, pruned: bool = False) -> 
     with safe_open(str(kohya_path), "pt") as kohya, safe_open(str(peft_path), "pt") as peft:
         kohya_keys, peft_keys = kohya.keys(), peft.keys()  # safe_open handles are not iterable
     kohya_pairs = sum(1 for k in kohya_keys if k.endswith(".alpha"))
-    peft_pairs = len({lyco.split_key(k)[:2] for k in peft_keys})
+    peft_pairs = len({lyco.split_key(k.removesuffix(".weight"))[:2] for k in peft_keys})
     if (kohya_pairs > peft_pairs if pruned else kohya_pairs != peft_pairs) or peft_pairs == 0:
         raise LoraFileError(f"do not hold the same layers ({kohya_pairs} kohya vs {peft_pairs} PEFT)",
                             where=f"{kohya_path} and {peft_path}",
