@@ -167,3 +167,46 @@ def test_adalora_to_plain_lora_is_exact_and_keeps_pruned_ranks_out(tiny_pipe):
     torch.testing.assert_close(delta, layer.get_delta_weight(ADAPTER), atol=1e-6, rtol=1e-5)
     assert plain[name][1].abs().max() == 0 and plain_configs["unet"].lora_alpha == plain_configs["unet"].r
     assert split_key(name)[0] == "unet"
+
+
+def comfy_dora_weight(tensors: dict[str, torch.Tensor], stem: str, weight: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's `weight_decompose` (comfy/weight_adapter/base.py, v0.3.77) at strength 1, float32."""
+    delta = loader_delta({k: v for k, v in tensors.items() if not k.endswith("dora_scale")}, stem, weight.shape)
+    scale = tensors[f"{stem}.dora_scale"].float()
+    merged = weight + delta
+    if scale.shape[0] == weight.shape[0]:
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1, keepdim=True) + torch.finfo(torch.float32).eps
+    else:
+        norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True).transpose(0, 1)
+    return merged * (scale / norm.reshape(weight.shape[0], *[1] * (weight.dim() - 1)))
+
+
+def test_dora_kohya_file_applies_in_comfyui_as_peft_trained_it_and_says_who_cannot(two_images, tmp_path):
+    with pytest.warns(UserWarning, match="ComfyUI and Forge") as caught:
+        result = train(_values(two_images, tmp_path / "out", "lora", "sd15", **{"network.use_dora": True,
+                                                                                  "train.steps": 2}))
+    kohya_file, peft_file = result.outputs[:2]
+    assert read_lora_metadata(kohya_file)["lora_studio_diffusers_note"] in [str(w.message) for w in caught]
+    config = _values("x", "y", "lora", "sd15", **{"network.use_dora": True})
+    base = _peft_pipeline("sd15", config.network, peft_file)
+    kohya = load_file(str(kohya_file))
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    checked = 0
+    for component in base.family.components:
+        for name, module in getattr(base.pipe, component).named_modules():
+            if ADAPTER not in (getattr(module, "lora_magnitude_vector", None) or {}):
+                continue
+            weight = module.get_base_layer().weight.float()
+            applied = comfy_dora_weight(kohya, kohya_stem(base, component, name), weight)
+            inputs = x[:, : weight.shape[1]]
+            bias = module.get_base_layer().bias
+            expected = module(inputs) - (0 if bias is None else bias)  # peft's own DoRA forward
+            torch.testing.assert_close(inputs @ applied.T, expected, atol=1e-5, rtol=1e-4)
+            checked += 1
+    assert checked == sum(1 for k in kohya if k.endswith(".dora_scale")) > 0
+    with pytest.raises(LoraFileError, match="kohya DoRA file"):
+        read_lora_file(kohya_file)  # the pool would preview it without dora_scale: it points at the PEFT file
+    pipe = build_tiny_pipeline("sd15")
+    pipe.load_lora_weights(str(peft_file), adapter_name="trained")
+    layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    assert "trained" in layer.lora_magnitude_vector  # the PEFT file loads as DoRA in diffusers

@@ -18,6 +18,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from trainer import dora_export as dora
 from trainer import lycoris_export as lyco
 from trainer.config import TrainConfig
 from trainer.errors import LoraFileError
@@ -60,9 +61,16 @@ def kohya_stem(base, component: str, module: str) -> str:
 
 
 def loader_state_dict(base, peft_tensors: dict[str, torch.Tensor], config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The `<name>.safetensors` tensors for `network.type`: kohya LoRA, LyCORIS LoHa/LoKr, or AdaLoRA's kept
-    ranks as kohya LoRA (trainer/lycoris_export.py)."""
+    """The `<name>.safetensors` tensors for `network.type`: kohya LoRA (DoRA: with ComfyUI's `dora_scale`),
+    LyCORIS LoHa/LoKr, or AdaLoRA's kept ranks as kohya LoRA (trainer/lycoris_export.py, dora_export.py)."""
     network = config.network
+    if network.use_dora:
+        kohya = kohya_state_dict(base, dora.split_magnitudes(peft_tensors), _kohya_alpha(config))
+        dtype = next(iter(peft_tensors.values())).dtype
+        components = sorted({k.split(".", 1)[0] for k in peft_tensors})
+        for key, scale in dora.comfy_dora_scales(base, components).items():
+            kohya[f"{kohya_stem(base, *key.split('.', 1))}.dora_scale"] = scale.to(dtype)
+        return kohya
     if network.type in ("loha", "lokr"):
         return lyco.lycoris_state_dict(peft_tensors, lambda c, m: kohya_stem(base, c, m), network)
     if network.type == "adalora":  # plain_lora_from_adalora folded the scale in: alpha = rank
@@ -71,11 +79,8 @@ def loader_state_dict(base, peft_tensors: dict[str, torch.Tensor], config: Train
 
 
 def kohya_refusal(config: TrainConfig) -> str | None:
-    """Why the kohya file cannot carry this LoRA faithfully, or None when it can."""
-    if config.network.use_dora:
-        return ("network.use_dora: DoRA's magnitude vectors have no single kohya encoding (A1111, ComfyUI and "
-                "diffusers read `dora_scale` differently), so no kohya file was written. Load "
-                f"{config.export.name}.peft.safetensors with diffusers, or train without DoRA for a kohya file.")
+    """Why the kohya file cannot carry this LoRA faithfully, or None when it can (every type can today; DoRA's
+    file says which loaders read its `dora_scale`, trainer/dora_export.py)."""
     return None
 
 
@@ -120,7 +125,8 @@ def export_lora(base, lora_configs: dict[str, LoraConfig], config: TrainConfig, 
     if refusal:
         warnings.warn(refusal, stacklevel=2)
         metadata["lora_studio_kohya_skipped"] = refusal
-    note = lyco.DIFFUSERS_NOTE.get(config.network.type, "").format(name=name)
+    note = (dora.DORA_NOTE if config.network.use_dora else lyco.DIFFUSERS_NOTE.get(config.network.type, "")
+            ).format(name=name)
     if note:
         warnings.warn(note, stacklevel=2)
         metadata["lora_studio_diffusers_note"] = note

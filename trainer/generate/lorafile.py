@@ -92,6 +92,10 @@ def read_lora_file(path: str | Path) -> LoraFile:
                                 "'adalora' for a LoRA that previews here.")
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
         fmt = "kohya"
+        if any(k.endswith(".dora_scale") for k in keys):
+            raise LoraFileError("is a kohya DoRA file; diffusers drops its `dora_scale` and would preview the "
+                                "LoRA part alone", where=str(path),
+                                fix="Load the run's <name>.peft.safetensors instead (diffusers reads its DoRA).")
     elif any(part in k for k in keys for part in _DIFFUSERS_PARTS):
         fmt = "diffusers"
     else:
