@@ -56,6 +56,7 @@ SAMPLES = (
     Field("sample.steps", "Sample denoising steps", minimum=1, maximum=100, step=1),
 )
 ADVANCED = (
+    Field("network.type", "Adapter type", choices=("lora", "loha", "lokr", "adalora")),
     Field("network.alpha", "Alpha"),
     Field("network.dropout", "LoRA dropout", minimum=0, maximum=0.9, step=0.05),
     Field("network.train_text_encoder", "Train the text encoder too"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -129,20 +128,3 @@ def test_rslora_kohya_alpha_is_rescaled_so_both_files_match(two_images, tmp_path
         pipe.load_lora_weights(str(path), adapter_name="trained")
         images.append(_image(pipe))
     np.testing.assert_allclose(images[0], images[1], atol=1e-5)
-
-
-def test_dora_writes_only_the_peft_file_and_says_why(two_images, tmp_path):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = _train(two_images, tmp_path / "out", **{"network.use_dora": True, "train.steps": 2})
-    assert [p.name for p in result.outputs[:-1]] == ["lora.peft.safetensors"]
-    assert not (tmp_path / "out" / "lora.safetensors").exists()
-    reason = [str(w.message) for w in caught if "use_dora" in str(w.message)]
-    assert reason and "no kohya file was written" in reason[0]
-    assert read_lora_metadata(result.outputs[0])["lora_studio_kohya_skipped"] == reason[0]
-    pipe = build_tiny_pipeline("sd15")
-    before = _image(pipe)
-    pipe.load_lora_weights(str(result.outputs[0]), adapter_name="trained")
-    layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
-    assert "trained" in layer.lora_magnitude_vector  # loaded as DoRA, not as plain LoRA
-    assert not np.allclose(_image(pipe), before, atol=1e-3)

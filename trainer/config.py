@@ -28,6 +28,7 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 QUANTIZE_CHOICES = ("none", "nf4")
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "schedulefree", "adafactor")
 """The values of `optim.optimizer` (built in `trainer.optimizers`)."""
+NETWORK_TYPES = ("lora", "loha", "lokr", "adalora")
 
 
 @dataclass
@@ -107,6 +108,11 @@ class DataConfig:
 
 @dataclass
 class NetworkConfig:
+    type: str = "lora"
+    """Adapter type: `lora`; `loha` (LyCORIS Hadamard product of two low-rank pairs, more capacity per
+    parameter); `lokr` (LyCORIS Kronecker product, very small files); `adalora` (LoRA in SVD form starting at
+    `rank` whose budget is pruned to an average of rank/2 over the run, kept where it matters most, exported as
+    a plain LoRA of the ranks kept)."""
     rank: int = 8
     """LoRA rank (dimension): the size of the low-rank update. 4–32 is typical."""
     alpha: float = 8.0

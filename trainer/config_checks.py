@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainer.config import CONFIG_VERSION, OPTIMIZERS, QUANTIZE_CHOICES, TrainConfig
+from trainer.config import CONFIG_VERSION, NETWORK_TYPES, OPTIMIZERS, QUANTIZE_CHOICES, TrainConfig
 from trainer.errors import ConfigError
 
 
@@ -43,6 +43,14 @@ def validate(config: TrainConfig) -> TrainConfig:
     need(c.data.keep_tokens >= 0, f"data.keep_tokens must be >= 0, got {c.data.keep_tokens}")
     need(_is_colour(c.data.background),
          f"data.background must be a colour like '#ffffff' or 'white', got {c.data.background!r}")
+    need(c.network.type in NETWORK_TYPES,
+         f"network.type must be one of {', '.join(NETWORK_TYPES)}, got {c.network.type!r}")
+    for flag in ("use_dora", "use_rslora"):
+        need(not getattr(c.network, flag) or c.network.type == "lora",
+             f"network.{flag} works with network.type = 'lora' only, got {c.network.type!r}: turn it off or "
+             "train a LoRA")
+    need(c.network.type != "adalora" or c.train.steps >= 2,
+         f"network.type = 'adalora' needs train.steps >= 2 for its rank budget schedule, got {c.train.steps}")
     need(1 <= c.network.rank <= 1024, f"network.rank must be 1..1024, got {c.network.rank}")
     need(c.network.alpha > 0, f"network.alpha must be > 0 (often equal to rank), got {c.network.alpha}")
     need(0 <= c.network.dropout < 1, f"network.dropout must be in 0..1, got {c.network.dropout}")

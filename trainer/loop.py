@@ -39,6 +39,7 @@ from trainer.models import load_base
 from trainer.models.quantize import check_available as check_quantize_available
 from trainer.models.quantize import quantize_unet
 from trainer.network import add_lora, trainable_parameters
+from trainer.network_types import RankBudget
 from trainer.optimizers import build_optimizer, check_available, evaluating
 from trainer.precision import choose_mixed_precision, place_weights, weight_dtype
 from trainer.samples import render_samples
@@ -135,7 +136,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     resolution = config.data.resolution or base.default_resolution
     frozen_dtype = weight_dtype(accelerator.mixed_precision)
     quantize_unet(base, config.model.quantize, frozen_dtype)  # packed into 4 bits as it moves to the device
-    lora_configs = add_lora(base, config.network)
+    lora_configs = add_lora(base, config.network, cfg.steps)
+    budget = RankBudget.for_run(base, lora_configs)  # AdaLoRA only: its rank allocation each step
     params = trainable_parameters(base, config.network)
     place_weights(base, params, accelerator.device, accelerator.mixed_precision)
     pipe = base.pipe
@@ -158,6 +160,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     # Optimizer, LR schedule, and every trained model wrapped by accelerate (DDP all-reduces their gradients).
     optimizer, lr_scheduler = build_optimizer(params, config, accelerator.num_processes)
     register_lora_state_hooks(accelerator, base, lora_configs)
+    if budget is not None:
+        accelerator.register_for_checkpointing(budget)
     models, optimizer, lr_scheduler = prepare_models(accelerator, base, params, optimizer, lr_scheduler)
     unet = models["unet"]
     text_fn = trainable_text_fn(base, models) if config.network.train_text_encoder else None
@@ -198,11 +202,13 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
         with accelerator.accumulate(*models.values()):
             batch = examples.batch([global_ids[p] for p in positions], rng, text_fn, generators)
             loss = training_step(unet, noise_scheduler, base, batch, config, generators)
-            accelerator.backward(loss)
+            accelerator.backward(loss + budget.penalty() if budget is not None else loss)
             if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                 accelerator.clip_grad_norm_([p for g in params.values() for p in g], config.optim.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
+            if budget is not None and accelerator.sync_gradients:
+                budget.update(step + 1)
             optimizer.zero_grad(set_to_none=True)
         micro_step += 1
         window.append(accelerator.gather(loss.detach()).mean().item())

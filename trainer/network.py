@@ -1,4 +1,5 @@
-"""Attach trainable LoRA layers (peft) to the UNet attention projections, and to the text encoder(s) on request.
+"""Attach trainable adapter layers (peft LoRA, LoHa, LoKr or AdaLoRA: trainer/network_types.py) to the UNet's
+attention projections, and to the text encoder(s) on request.
 
     lora_config = add_lora(base, config.network)   # freezes the base, adds adapter "default"
     params = trainable_parameters(base)            # {"unet": [...], "text_encoder": [...]}
@@ -7,44 +8,36 @@
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig
+from peft import PeftConfig
 
 from trainer.config import NetworkConfig
 from trainer.errors import ConfigError
+from trainer.network_types import ADAPTER, adapter_config
 
-ADAPTER = "default"
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def unet_lora_config(network: NetworkConfig) -> LoraConfig:
-    return LoraConfig(
-        r=network.rank,
-        lora_alpha=network.alpha,
-        lora_dropout=network.dropout,
-        init_lora_weights=True,
-        target_modules=list(network.target_modules),
-        use_dora=network.use_dora,
-        use_rslora=network.use_rslora,
-    )
+def unet_lora_config(network: NetworkConfig, total_steps: int = 1000) -> PeftConfig:
+    """The UNet's adapter config for `network.type` (trainer/network_types.py); `total_steps` sets AdaLoRA's
+    rank budget schedule."""
+    return adapter_config(network, network.target_modules, total_steps)
 
 
-def text_encoder_lora_config(network: NetworkConfig) -> LoraConfig:
-    config = unet_lora_config(network)
-    config.target_modules = set(TEXT_ENCODER_TARGETS)
-    return config
+def text_encoder_lora_config(network: NetworkConfig, total_steps: int = 1000) -> PeftConfig:
+    return adapter_config(network, TEXT_ENCODER_TARGETS, total_steps)
 
 
-def add_lora(base, network: NetworkConfig) -> dict[str, LoraConfig]:
-    """Freeze every base weight and add LoRA layers; returns the LoraConfig used per component."""
+def add_lora(base, network: NetworkConfig, total_steps: int = 1000) -> dict[str, PeftConfig]:
+    """Freeze every base weight and add the adapter layers; returns the peft config used per component."""
     pipe = base.pipe
     for name in ("unet", "vae", *base.family.text_encoder_names):
         getattr(pipe, name).requires_grad_(False)
     check_target_modules(pipe.unet, network.target_modules, base.family.label)
-    configs = {"unet": unet_lora_config(network)}
+    configs = {"unet": unet_lora_config(network, total_steps)}
     pipe.unet.add_adapter(configs["unet"], adapter_name=ADAPTER)
     if network.train_text_encoder:
         for name in base.family.text_encoder_names:
-            configs[name] = text_encoder_lora_config(network)
+            configs[name] = text_encoder_lora_config(network, total_steps)
             getattr(pipe, name).add_adapter(configs[name], adapter_name=ADAPTER)
     return configs
 

@@ -66,6 +66,9 @@ class LoraPlan:
         return {k: v for k, v in self.state_dict.items() if k.startswith(f"{name}.")}
 
 
+_LYCORIS_PARTS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr"}  # `lokr_w1` also matches lokr_w1_a
+
+
 def read_lora_file(path: str | Path) -> LoraFile:
     """Check the safetensors framing by hand (length, header, offsets), then load the tensors."""
     path = Path(path)
@@ -81,8 +84,18 @@ def read_lora_file(path: str | Path) -> LoraFile:
     keys = list(tensors)
     if not keys:
         raise LoraFileError("holds no tensors", where=str(path), fix=_REFETCH)
+    lycoris = next((kind for part, kind in _LYCORIS_PARTS.items() for k in keys if f".{part}" in k), None)
+    if lycoris:
+        raise LoraFileError(f"is a LyCORIS {lycoris} file, which the Generate tab cannot load (diffusers' LoRA "
+                            "loader reads LoRA layers only)", where=str(path),
+                            fix="Load it in AUTOMATIC1111, Forge or ComfyUI; train network.type = 'lora' or "
+                                "'adalora' for a LoRA that previews here.")
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
         fmt = "kohya"
+        if any(k.endswith(".dora_scale") for k in keys):
+            raise LoraFileError("is a kohya DoRA file; diffusers drops its `dora_scale` and would preview the "
+                                "LoRA part alone", where=str(path),
+                                fix="Load the run's <name>.peft.safetensors instead (diffusers reads its DoRA).")
     elif any(part in k for k in keys for part in _DIFFUSERS_PARTS):
         fmt = "diffusers"
     else:
