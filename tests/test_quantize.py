@@ -100,6 +100,8 @@ def test_a_stopped_and_resumed_4bit_run_matches_the_uninterrupted_one(runs, tmp_
 def test_bad_quantize_values_and_a_missing_bitsandbytes_are_refused_clearly(monkeypatch, two_images, tmp_path):
     with pytest.raises(ConfigError, match="model.quantize must be one of none, nf4"):
         _config(tmp_path, two_images, **{"model.quantize": "int3"})
+    with pytest.raises(ConfigError, match="peft has no 4-bit loha layer"):
+        _config(tmp_path, two_images, **{"network.type": "loha"})
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))

@@ -49,6 +49,9 @@ def validate(config: TrainConfig) -> TrainConfig:
         need(not getattr(c.network, flag) or c.network.type == "lora",
              f"network.{flag} works with network.type = 'lora' only, got {c.network.type!r}: turn it off or "
              "train a LoRA")
+    need(c.model.quantize == "none" or c.network.type in ("lora", "adalora"),
+         f"model.quantize = {c.model.quantize!r} works with network.type = 'lora' or 'adalora' (peft has no "
+         f"4-bit {c.network.type} layer), got {c.network.type!r}: set model.quantize = 'none' or network.type = 'lora'")
     need(c.network.type != "adalora" or c.train.steps >= 2,
          f"network.type = 'adalora' needs train.steps >= 2 for its rank budget schedule, got {c.train.steps}")
     need(1 <= c.network.rank <= 1024, f"network.rank must be 1..1024, got {c.network.rank}")
