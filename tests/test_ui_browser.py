@@ -214,11 +214,11 @@ def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
 
     # an edited caption is saved and the gallery's label follows it
     cell = page.locator("#ds-captions").get_by_text("an extra picture, red square", exact=False).last  # its cell
+    cell.scroll_into_view_if_needed()  # the table scrolls; the new row is below its fold
     cell.dblclick()
-    page.wait_for_timeout(300)  # the cell turns into an editor holding the old text
-    page.keyboard.press("End")
-    page.keyboard.press("Shift+Home")
-    page.keyboard.type("an edited extra caption")
+    editor = page.locator("#ds-captions textarea:focus")  # the cell turns into an editor holding the old text
+    editor.wait_for()
+    editor.fill("an edited extra caption")
     page.keyboard.press("Enter")
     page.wait_for_function("() => /an edited extra caption/.test(document.querySelector('#ds-captions')?.innerText)")
     page.locator("#ds-save").click()

@@ -69,8 +69,11 @@ class LoraPlan:
 _LYCORIS_PARTS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr"}  # `lokr_w1` also matches lokr_w1_a
 
 
-def read_lora_file(path: str | Path) -> LoraFile:
-    """Check the safetensors framing by hand (length, header, offsets), then load the tensors."""
+def read_lora_file(path: str | Path, for_preview: bool = True) -> LoraFile:
+    """Check the safetensors framing by hand (length, header, offsets), then load the tensors.
+
+    `for_preview` refuses the kinds the Generate tab cannot apply (LyCORIS, kohya DoRA); the LoRA tools pass
+    False and refuse every non-plain kind with their own message (trainer/lora_tools/kinds.py)."""
     path = Path(path)
     header = _read_header(path)
     from safetensors.torch import load_file
@@ -85,14 +88,14 @@ def read_lora_file(path: str | Path) -> LoraFile:
     if not keys:
         raise LoraFileError("holds no tensors", where=str(path), fix=_REFETCH)
     lycoris = next((kind for part, kind in _LYCORIS_PARTS.items() for k in keys if f".{part}" in k), None)
-    if lycoris:
+    if lycoris and for_preview:
         raise LoraFileError(f"is a LyCORIS {lycoris} file, which the Generate tab cannot load (diffusers' LoRA "
                             "loader reads LoRA layers only)", where=str(path),
                             fix="Load it in AUTOMATIC1111, Forge or ComfyUI; train network.type = 'lora' or "
                                 "'adalora' for a LoRA that previews here.")
     if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
         fmt = "kohya"
-        if any(k.endswith(".dora_scale") for k in keys):
+        if for_preview and any(k.endswith(".dora_scale") for k in keys):
             raise LoraFileError("is a kohya DoRA file; diffusers drops its `dora_scale` and would preview the "
                                 "LoRA part alone", where=str(path),
                                 fix="Load the run's <name>.peft.safetensors instead (diffusers reads its DoRA).")

@@ -54,7 +54,7 @@ def merge_loras(base_model: str, loras: list[tuple[str | Path, float]], out: str
     if out.exists() and not overwrite:
         raise StudioError(f"{out} exists already", fix="Pick another --out, or pass --overwrite.")
     for path, _ in loras:
-        require_plain_lora(read_lora_file(path), "merge")
+        require_plain_lora(read_lora_file(path, for_preview=False), "merge")
     out_dtype = DTYPES[dtype] if dtype != "auto" else stored_dtype(base_model)
     base = load_base(ModelConfig(base_model=base_model), dtype=torch.float32)
     pool = AdapterPool(base.pipe, device="cpu", dtype=torch.float32)

@@ -30,7 +30,7 @@ def resize_lora(path: str | Path, rank: int, out: str | Path, share: float | Non
         raise StudioError(f"--rank must be at least 1, got {rank}", fix="Pick a rank such as 4, 8 or 16.")
     if share is not None and not 0 < share <= 1:
         raise StudioError(f"--keep must be a share in (0, 1], got {share}", fix="For example --keep 0.95.")
-    lora = read_lora_file(path)
+    lora = read_lora_file(path, for_preview=False)
     require_plain_lora(lora, "resize")
     layers = kohya_layers(lora)
     report = RankReport()
