@@ -91,7 +91,10 @@ def test_both_files_load_in_a_fresh_pipeline_wrap_everything_and_change_the_outp
         after = _image(pipe)
         assert not np.allclose(after, before, atol=1e-3)
         pipe.set_adapters(["trained"], adapter_weights=[0.0])
-        np.testing.assert_allclose(_image(pipe), before, atol=1e-6)
+        # Not bit for bit here: on one CPU thread, SD 2's and SDXL's `proj_in` (a Linear no LoRA wraps, fed a
+        # transposed view) rounds its GEMM differently once the adapters' allocations move memory (measured
+        # 1e-5 in this image, the same with the adapters disabled). The pool's exact strength 0 is test_pool's.
+        np.testing.assert_allclose(_image(pipe), before, atol=1e-4)
         images.append(after)
     np.testing.assert_allclose(images[0], images[1], atol=1e-4)
 
