@@ -79,9 +79,23 @@ class Studio:
         return sorted(p.name for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def lora_files(self) -> dict[str, Path]:
-        """Library LoRAs by name (kohya-key files; the `.peft` twins are the same LoRA)."""
+        """Library LoRAs by name: the kohya-key file, or its `.peft` twin where diffusers cannot read the kohya
+        file (LoHa, LoKr and DoRA runs say so in its metadata); the twins are the same LoRA."""
+        from safetensors import safe_open  # the header alone, without importing torch
+
         files = sorted(self.loras_dir.glob("*.safetensors"))
-        return {p.name.removesuffix(".safetensors"): p for p in files if not p.name.endswith(".peft.safetensors")}
+        library = {}
+        for path in files:
+            if path.name.endswith(".peft.safetensors"):
+                continue
+            twin = path.with_name(path.name.removesuffix(".safetensors") + ".peft.safetensors")
+            try:
+                with safe_open(str(path), "np") as handle:
+                    unreadable = "lora_studio_diffusers_note" in (handle.metadata() or {})
+            except Exception:  # safetensors' own error types: the pool's load names what is wrong with the file
+                unreadable = False
+            library[path.name.removesuffix(".safetensors")] = twin if unreadable and twin.is_file() else path
+        return library
 
     @property
     def supervisor(self) -> Any:

@@ -12,6 +12,7 @@ import types
 import pytest
 import torch
 from peft.utils import set_peft_model_state_dict
+from pool_loras import write_lora
 from safetensors.torch import load_file
 
 from trainer.config import NetworkConfig, load_config
@@ -112,10 +113,11 @@ def test_each_file_applied_like_the_loaders_equals_the_trained_layers(full_run, 
     assert meta["ss_network_module"] == ("networks.lora" if network_type == "adalora" else "lycoris.kohya")
     assert f'"algo": "{network_type}"' in meta["ss_network_args"]
     assert (network_type == "adalora") != ("diffusers cannot load" in meta.get("lora_studio_diffusers_note", ""))
-    if network_type != "adalora":  # the Generate tab's pool refuses what diffusers cannot load, by name
-        for path in result.outputs[:2]:
-            with pytest.raises(LoraFileError, match=f"LyCORIS {'LoHa' if network_type == 'loha' else 'LoKr'}"):
-                read_lora_file(path)
+    if network_type != "adalora":  # the pool refuses the kohya file by name and reads the PEFT twin
+        kind = "LoHa" if network_type == "loha" else "LoKr"
+        with pytest.raises(LoraFileError, match=f"LyCORIS {kind} file in kohya keys.*{peft_file.name}"):
+            read_lora_file(kohya_file)
+        assert read_lora_file(peft_file).format == f"peft-{network_type}"
 
 
 @pytest.mark.parametrize(("network_type", "family"), RESUMED)
@@ -210,3 +212,61 @@ def test_dora_kohya_file_applies_in_comfyui_as_peft_trained_it_and_says_who_cann
     pipe.load_lora_weights(str(peft_file), adapter_name="trained")
     layer = pipe.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
     assert "trained" in layer.lora_magnitude_vector  # the PEFT file loads as DoRA in diffusers
+
+
+POOLED = [("loha", "sd15"), ("lokr", "sdxl")]  # sd15's run trains the text encoder too
+QUICK = dict(steps=1, guidance=1.0, width=64, height=64, output_type="latent")
+
+
+def _merged_like_the_loaders(family: str, kohya_file, strength: float):
+    """A fresh pipeline with the kohya/LyCORIS file's deltas added to its weights, as A1111 and ComfyUI do."""
+    pipe = build_tiny_pipeline(family)
+    base = types.SimpleNamespace(pipe=pipe, family=family_for_pipeline(pipe))
+    kohya = load_file(str(kohya_file))
+    with torch.no_grad():
+        for component in base.family.components:
+            for name, module in getattr(pipe, component).named_modules():
+                if isinstance(module, torch.nn.Linear) and f"{kohya_stem(base, component, name)}.alpha" in kohya:
+                    stem = kohya_stem(base, component, name)
+                    module.weight += strength * loader_delta(kohya, stem, module.weight.shape)
+    return pipe
+
+
+@pytest.mark.parametrize(("network_type", "family"), POOLED)
+def test_the_pool_previews_loha_and_lokr_as_the_loaders_apply_them(full_run, network_type, family):
+    from trainer.generate import AdapterPool, render
+
+    _, result = full_run(network_type, family)
+    kohya_file, peft_file = result.outputs[:2]
+    base = render(build_tiny_pipeline(family), "a red fox", seed=3, **QUICK)[0].numpy()
+    pool = AdapterPool(FAMILIES[family])
+    report = pool.load("knit", peft_file)
+    assert report.format == f"peft-{network_type}" and report.rank == 4 and report.layers > 0
+    assert report.layers == sum(1 for k in load_file(str(kohya_file)) if k.endswith(".alpha"))
+
+    def image(strengths, **options):
+        return pool.generate("a red fox", seed=3, strengths=strengths, **QUICK, **options)[0].numpy()
+
+    full, half = image({"knit": 1.0}), image({"knit": 0.5})
+    for strength, got in ((1.0, full), (0.5, half)):
+        want = render(_merged_like_the_loaders(family, kohya_file, strength), "a red fox", seed=3, **QUICK)
+        assert abs(got - want[0].numpy()).max() < 1e-4, strength
+    assert abs(full - base).max() > 1e-3 and abs(half - full).max() > 1e-3
+    assert abs(image({"knit": 1.0}, fuse=True) - full).max() < 1e-4
+    if family == "sd15":  # one thread rounds SDXL's untouched proj_in differently once memory moves
+        assert (image({"knit": 0.0}) == base).all() and (image({}) == base).all()
+    pool.unload("knit")
+    assert pool.loaded() == []
+
+
+def test_the_library_lists_a_loha_run_by_its_peft_file(full_run, tmp_path):
+    from app.studio import Studio
+
+    _, result = full_run("loha", "sd15")
+    loras = tmp_path / "home" / "loras"
+    loras.mkdir(parents=True)
+    for path in result.outputs[:2]:
+        (loras / path.name.replace(path.name.split(".")[0], "knit", 1)).write_bytes(path.read_bytes())
+    write_lora(build_tiny_pipeline("sd15"), loras / "plain.safetensors", seed=1, fmt="kohya")
+    assert Studio(tmp_path / "home").lora_files() == {"knit": loras / "knit.peft.safetensors",
+                                                      "plain": loras / "plain.safetensors"}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from trainer.errors import LoraFileError
+from trainer.generate.peftfile import lycoris_kind
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _DIFFUSERS_PARTS = ("lora_A", "lora_B", "lora.down", "lora.up", "lora_linear_layer")
@@ -35,7 +36,8 @@ class LoraFile:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
     format: str
-    """`kohya` (A1111 keys) or `diffusers` (diffusers/PEFT keys)."""
+    """`kohya` (A1111 keys), `diffusers` (diffusers/PEFT keys) or `peft-loha`/`peft-lokr` (peft's LyCORIS
+    layers, loaded by trainer/generate/peftfile.py)."""
 
     @property
     def nbytes(self) -> int:
@@ -66,9 +68,6 @@ class LoraPlan:
         return {k: v for k, v in self.state_dict.items() if k.startswith(f"{name}.")}
 
 
-_LYCORIS_PARTS = {"hada_w1_a": "LoHa", "lokr_w1": "LoKr"}  # `lokr_w1` also matches lokr_w1_a
-
-
 def read_lora_file(path: str | Path, for_preview: bool = True) -> LoraFile:
     """Check the safetensors framing by hand (length, header, offsets), then load the tensors.
 
@@ -87,13 +86,17 @@ def read_lora_file(path: str | Path, for_preview: bool = True) -> LoraFile:
     keys = list(tensors)
     if not keys:
         raise LoraFileError("holds no tensors", where=str(path), fix=_REFETCH)
-    lycoris = next((kind for part, kind in _LYCORIS_PARTS.items() for k in keys if f".{part}" in k), None)
+    lycoris = lycoris_kind(keys)
+    kohya_keys = all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys)
+    if lycoris and not kohya_keys:  # LoRA Studio's PEFT twin of a LoHa/LoKr run: the pool loads it with peft
+        return LoraFile(path=path, tensors=tensors, metadata=dict(metadata), format=f"peft-{lycoris.lower()}")
     if lycoris and for_preview:
-        raise LoraFileError(f"is a LyCORIS {lycoris} file, which the Generate tab cannot load (diffusers' LoRA "
-                            "loader reads LoRA layers only)", where=str(path),
-                            fix="Load it in AUTOMATIC1111, Forge or ComfyUI; train network.type = 'lora' or "
-                                "'adalora' for a LoRA that previews here.")
-    if all(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
+        twin = path.name.removesuffix(".safetensors") + ".peft.safetensors"
+        raise LoraFileError(f"is a LyCORIS {lycoris} file in kohya keys, which diffusers' LoRA loader cannot "
+                            "read", where=str(path),
+                            fix=f"Load the run's PEFT file ({twin}) here; this file is for AUTOMATIC1111, "
+                                "Forge and ComfyUI.")
+    if kohya_keys:
         fmt = "kohya"
         if for_preview and any(k.endswith(".dora_scale") for k in keys):
             raise LoraFileError("is a kohya DoRA file; diffusers drops its `dora_scale` and would preview the "

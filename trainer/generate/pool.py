@@ -4,6 +4,7 @@
     pool.load("ink", "output/ink.safetensors")           # LoadReport: format, rank, layers
     pool.load("odd", "odd.safetensors", allow_partial=True)   # load what fits; report.unmatched lists the rest
     pool.load("film", "film.peft.safetensors")
+    pool.load("knit", "knit.peft.safetensors")           # a LoHa/LoKr run's PEFT file (peftfile.py)
     images = pool.generate("a lighthouse", seed=7, strengths={"ink": 0.7, "film": 0.3})
     image = pool.grid(["a lighthouse", "a cat"], strengths=[0, 0.5, 1.0], loras=["ink"])
 
@@ -31,6 +32,7 @@ import torch
 from trainer.errors import LoraFileError, ModelError, StudioError
 from trainer.generate.fusion import Fusion
 from trainer.generate.lorafile import LoraPlan, plan_lora, read_lora_file
+from trainer.generate.peftfile import inject_peft_adapter, plan_peft_adapter
 from trainer.generate.render import render
 from trainer.generate.slot import SLOT, HotswapSlot
 from trainer.models.families import family_for_pipeline
@@ -99,6 +101,8 @@ class AdapterPool:
                               "cannot hold dots)", fix="Pick another name.")
         with self._lock:
             lora = read_lora_file(path)
+            if lora.format.startswith("peft-"):
+                return self._load_peft_adapter(name, path, lora, allow_partial)
             plan = plan_lora(self.pipe, lora, allow_partial=allow_partial)
             report = LoadReport(name=name, path=str(path), format=lora.format, rank=plan.rank,
                                 layers=len(plan.modules), nbytes=lora.nbytes, unmatched=list(plan.unmatched))
@@ -120,6 +124,34 @@ class AdapterPool:
                 self._inject(plan, name)
             self._entries[name] = report
             return report
+
+    def _load_peft_adapter(self, name: str, path, lora, allow_partial: bool) -> LoadReport:
+        """A LoHa/LoKr PEFT file: its own peft adapter (never the hot-swap slot, which holds LoRA shapes)."""
+        adapter = plan_peft_adapter(self.pipe, lora, allow_partial=allow_partial)
+        report = LoadReport(name=name, path=str(path), format=lora.format, rank=adapter.rank,
+                            layers=len(adapter.modules), nbytes=lora.nbytes, unmatched=list(adapter.unmatched))
+        if self.max_bytes is not None and report.nbytes > self.max_bytes:
+            raise LoraFileError(f"needs {report.nbytes} bytes, more than the pool's cap of {self.max_bytes}",
+                                where=str(path), fix="Raise max_bytes or load a smaller LoRA.")
+        if name in self._entries:
+            self._drop(name)
+        self._make_room(report.nbytes)
+        if self._slot:
+            report.note = f"not hot-swappable: a {adapter.kind} adapter; loaded as its own adapter (using it " \
+                          "recompiles the UNet)"
+        self._fusion.unfuse()
+        self._active, self._layer_cache = None, {}
+        try:
+            with _quiet_loaders():
+                inject_peft_adapter(self.pipe, adapter, name)
+        except Exception as err:  # peft raises many types; any of them leaves this file unusable
+            self._delete_adapter(name)
+            if isinstance(err, LoraFileError):
+                raise
+            raise LoraFileError(f"could not be loaded into the model ({err})", where=str(path),
+                                fix="Check that it was made for this base model.") from err
+        self._entries[name] = report
+        return report
 
     def unload(self, name: str) -> None:
         with self._lock:
