@@ -71,20 +71,19 @@ def oom_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def failed_job(oom_env, tmp_path_factory):
-    """A job that ran out of memory at step 3, with its checkpoint at step 2."""
-    sup = Supervisor(tmp_path_factory.mktemp("oom") / "home")
-    job_id = sup.submit(job_config())
-    job = sup.wait(job_id, timeout=WAIT_S)
-    return sup, job_id, job
+def failed_jobs(oom_env, tmp_path_factory):
+    """Two jobs (one for the CLI, one for the UI) that ran out of memory at step 3, with checkpoints at step 2."""
+    sup = Supervisor(tmp_path_factory.mktemp("oom") / "home", max_concurrent=2)
+    ids = [sup.submit(job_config(**{"export.name": name})) for name in ("oom", "oom-ui")]
+    return sup, [(job_id, sup.wait(job_id, timeout=WAIT_S)) for job_id in ids]
 
 
 @pytest.mark.timeout(WAIT_S * 2)
-def test_out_of_memory_job_names_the_fit_and_resumes_with_it(failed_job, oom_env):
+def test_out_of_memory_job_names_the_fit_and_resumes_with_it(failed_jobs, oom_env):
     from trainer import checkpoint as ckpt
     from trainer.cli import main
 
-    sup, job_id, job = failed_job
+    sup, [(job_id, job), _] = failed_jobs
     folder = Path(job["dir"])
     assert job["status"] == "failed", sup.log_tail(job_id)
     assert "ran out of gpu memory" in job["error"].lower()
@@ -113,6 +112,31 @@ def test_out_of_memory_job_names_the_fit_and_resumes_with_it(failed_job, oom_env
     assert json.loads((folder / "checkpoints" / "accepted_changes.json").read_text()) == {
         "train.gradient_checkpointing": True}
     print(f"resume to done: {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.timeout(WAIT_S * 2)
+def test_train_tab_offers_resume_with_these_settings_over_the_api(failed_jobs):
+    from gradio_client import Client
+    from uiserver import running_server
+
+    sup, [_, (job_id, job)] = failed_jobs
+    assert job["status"] == "failed" and job["suggested"] == {"train.gradient_checkpointing": True}
+    with running_server(sup.home.root) as server:
+        client = Client(server.url, verbose=False)
+        # VIEW: …, details, resume_fit, fit_note; the API leaves buttons out, so the note is the last output
+        note = client.predict(job_id, api_name="/show_job")[-1]  # a visibility change comes as an update
+        assert note["visible"] and "`train.gradient_checkpointing = true`" in note["value"], note
+        assert "last checkpoint" in note["value"]
+        result = client.predict(job_id, api_name="/resume_with_suggested")
+        assert f"Resumed job **{job_id}** with `train.gradient_checkpointing = true`" in result[0], result[0]
+        assert result[8]["status"] in ("queued", "running")
+        assert result[-1]["visible"] is False  # the note (and its button) go once the job is queued
+        done = sup.wait(job_id, timeout=WAIT_S)
+        assert done["status"] == "done", sup.log_tail(job_id)
+        assert load_config(Path(done["dir"]) / "config.toml").train.gradient_checkpointing is True
+        assert (Path(done["dir"]) / "output" / "oom-ui.safetensors").is_file()
+        again = client.predict(job_id, api_name="/resume_with_suggested")  # done: nothing suggested any more
+        assert "Could not resume" in again[0] and "no suggested settings" in again[0]
 
 
 def test_resume_refuses_settings_that_are_not_about_memory(tmp_path):
