@@ -6,6 +6,7 @@ tick, so they show CLI-started jobs too and survive a browser refresh and a serv
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,9 @@ def build(studio: Studio) -> dict[str, Any]:
                 c["stop"] = gr.Button("Stop", elem_id="train-stop")
                 c["force"] = gr.Button("Force stop", variant="stop", elem_id="train-force")
                 c["resume"] = gr.Button("Resume", elem_id="train-resume")
+            with gr.Row():  # a job that ran out of memory: resume with the settings its failure named
+                c["resume_fit"] = gr.Button("Resume with these settings", visible=False, elem_id="train-resume-fit")
+                c["fit_note"] = gr.Markdown(visible=False, elem_id="train-fit-note")
             c["downloads"] = gr.File(
                 label="Downloads", file_count="multiple", interactive=False, elem_id="train-downloads"
             )
@@ -186,8 +190,19 @@ def build(studio: Studio) -> dict[str, Any]:
     return c
 
 
-VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details")
+VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details", "resume_fit", "fit_note")
 """The components every job command refreshes, in this order."""
+
+
+def fit_updates(job: dict[str, Any] | None) -> list[Any]:
+    """The Resume-with-these-settings button and the note beside it: shown only for a job that failed out of
+    memory with settings that fit (`job["suggested"]`)."""
+    suggested = (job or {}).get("suggested")
+    if not suggested:
+        return [gr.update(visible=False), gr.update(value="", visible=False)]
+    settings = ", ".join(f"`{key} = {json.dumps(value)}`" for key, value in suggested.items())
+    return [gr.update(visible=True),
+            gr.update(value=f"Fits with {settings}; continues from the last checkpoint.", visible=True)]
 
 
 def refresh(studio: Studio, selected: str | None, pin: bool = False) -> list[Any]:
@@ -207,22 +222,40 @@ def refresh(studio: Studio, selected: str | None, pin: bool = False) -> list[Any
     )
     out = [job_rows(jobs), picker]
     if chosen is None:
-        return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None]
+        return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None,
+                      *fit_updates(None)]
     view = job_view(studio, chosen)
-    return out + [view[k] for k in ("status", "loss", "samples", "log", "downloads", "job")]
+    return out + [view[k] for k in ("status", "loss", "samples", "log", "downloads", "job")] + fit_updates(view["job"])
 
 
 def run_command(studio: Studio, action: str, selected: str | None) -> list[Any]:
-    """Stop, force-stop or resume the selected job; returns the message and VIEW."""
+    """Stop, force-stop, resume or resume with the suggested settings (`fit`) the selected job; returns the
+    message and VIEW."""
     if not selected:
         return ["Select a job first.", *refresh(studio, None, pin=True)]
     sup = studio.supervisor
     try:
+        if action == "fit":
+            return [resume_with_suggested(studio, selected), *refresh(studio, selected, pin=True)]
         result = sup.stop(selected, force=True) if action == "force" else getattr(sup, action)(selected)
     except StudioError as err:
-        return [f"**Could not {action}:** {err}", *refresh(studio, selected, pin=True)]
+        return [f"**Could not {'resume' if action == 'fit' else action}:** {err}",
+                *refresh(studio, selected, pin=True)]
     new_id = result if action == "resume" and isinstance(result, str) else selected
     return [f"{action.capitalize()}: job **{selected}**.", *refresh(studio, new_id, pin=True)]
+
+
+def resume_with_suggested(studio: Studio, job_id: str) -> str:
+    """Resume a job that ran out of memory with the settings its failure suggested; returns the message."""
+    from trainer.errors import JobError
+
+    settings = studio.supervisor.show(job_id).get("suggested")
+    if not settings:
+        raise JobError("has no suggested settings (it did not fail out of memory)", where=f"job {job_id}",
+                       fix="Use Resume instead.")
+    studio.yield_gpu()  # as Start does: the resumed job gets the whole GPU
+    studio.supervisor.resume(job_id, settings=settings)
+    return f"Resumed job **{job_id}** with " + ", ".join(f"`{k} = {json.dumps(v)}`" for k, v in settings.items()) + "."
 
 
 def _wire(studio: Studio, c: dict[str, Any]) -> None:
@@ -255,6 +288,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         c[action].click(
             partial(run_command, studio, action), c["job"], [c["message"], *view_out], api_name=f"{action}_job"
         )
+    c["resume_fit"].click(partial(run_command, studio, "fit"), c["job"], [c["message"], *view_out],
+                          api_name="resume_with_suggested")
     c["timer"].tick(partial(refresh, studio), c["job"], view_out, api_name=False, show_progress="hidden")
     c["job"].input(partial(refresh, studio), c["job"], view_out, api_name="show_job")
     c["preset"].change(

@@ -3,6 +3,7 @@
     save_checkpoint(accelerator, workdir, state, keep_last=2)     # -> workdir/checkpoints/step-N/
     found = latest_checkpoint(workdir)                             # newest folder whose marker exists
     state = load_checkpoint(accelerator, found, config)            # refuses a config that breaks resuming
+    accept_changes(workdir, {"train.batch_size": 1})               # a resume after out-of-memory may differ so
 
 A checkpoint is accelerate's `save_state` (optimizer, LR scheduler, RNG states; the UNet itself is not
 copied: a save hook in the loop writes only the LoRA tensors) plus `trainer_state.json` (step, epoch, data
@@ -16,15 +17,19 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from trainer.config import TrainConfig
 from trainer.errors import TrainingError
-from trainer.fileio import disk_error, fsync_dir
+from trainer.fileio import atomic_write_bytes, disk_error, fsync_dir
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
+ACCEPTED_FILE = "accepted_changes.json"
+"""In `checkpoints/`: settings changed since the checkpoints by a resume after running out of memory."""
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # Settings that may change between a run and its resumption; any other change breaks resuming.
@@ -32,8 +37,17 @@ RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.keep_last", "trai
                      "train.num_threads", "train.ema_on_cpu", "sample.",
                      "export.",
                      "data.cache_dir", "data.skip_bad_images", "model.allow_pickle")
+# Settings a resume after running out of memory may change (what trainer.estimate.fit suggests, less what a
+# checkpoint holds): they decide how much one step keeps in memory, not the LoRA layers or the optimizer state.
+# Accepted only at the values `accept_changes` recorded, so a later hand edit still has to match the checkpoint.
+MEMORY_CHANGES = ("train.gradient_checkpointing", "train.batch_size", "data.resolution", "model.quantize",
+                  "data.shuffle_tags", "data.caption_dropout", "data.keep_tokens")
 # Why some settings cannot change, said next to the change.
 BREAKING_REASONS = {
+    "optim.optimizer": "the checkpoint holds this optimizer's state, which another optimizer cannot load: "
+                       "start a new run with the other optimizer",
+    "network.train_text_encoder": "the checkpoint holds the LoRA layers and optimizer state of the models it "
+                                  "trained: start a new run to train other models",
     "train.num_processes": "the data order, the global batch and the learning-rate schedule are laid out for "
                            "the number of processes: resume with the same number (lora-studio train "
                            "--num-processes N, or accelerate launch --num_processes N)",
@@ -142,10 +156,35 @@ def read_state(checkpoint: str | Path) -> TrainerState:
     return TrainerState(**json.loads(path.read_text(encoding="utf-8")))
 
 
+def accept_changes(workdir: str | Path, settings: Mapping[str, Any]) -> Path:
+    """Record that resuming `workdir`'s checkpoints may find these MEMORY_CHANGES set to these values."""
+    wrong = [key for key in settings if key not in MEMORY_CHANGES]
+    if wrong:
+        raise TrainingError(f"cannot change on a resume: {', '.join(wrong)}", where="accept_changes",
+                            fix=f"Only these may: {', '.join(MEMORY_CHANGES)}.")
+    root = checkpoints_dir(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    merged = {**accepted_changes(root), **settings}
+    return atomic_write_bytes(root / ACCEPTED_FILE, json.dumps(merged, indent=1).encode("utf-8"))
+
+
+def accepted_changes(checkpoints: str | Path) -> dict[str, Any]:
+    """What `accept_changes` recorded in this `checkpoints/` folder ({} when nothing was)."""
+    path = Path(checkpoints) / ACCEPTED_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k in MEMORY_CHANGES}
+    except (ValueError, AttributeError) as err:
+        raise TrainingError(f"is not readable ({err})", where=str(path),
+                            fix="Delete it and resume with the run's own settings, or restore it.") from err
+
+
 def check_resumable(checkpoint: str | Path, config: TrainConfig) -> TrainerState:
-    """The checkpoint's state; refuses with a diff if the config changed in a way resuming cannot absorb."""
+    """The checkpoint's state; refuses with a diff if the config changed in a way resuming cannot absorb
+    (memory settings changed by a resume after running out of memory are absorbed: `accept_changes`)."""
     state = read_state(checkpoint)
-    changes = resume_breaking_changes(state.config, config.to_dict())
+    changes = resume_breaking_changes(state.config, config.to_dict(), accepted_changes(Path(checkpoint).parent))
     if changes:
         raise TrainingError(
             "cannot be resumed with this config: these settings changed since the checkpoint:\n"
@@ -163,8 +202,9 @@ def load_checkpoint(accelerator, checkpoint: str | Path, config: TrainConfig) ->
     return state
 
 
-def resume_breaking_changes(saved: dict, current: dict) -> list[str]:
-    """`field: old -> new` for every changed setting that resuming cannot absorb.
+def resume_breaking_changes(saved: dict, current: dict, accepted: Mapping[str, Any] | None = None) -> list[str]:
+    """`field: old -> new` for every changed setting that resuming cannot absorb; a MEMORY_CHANGES field now
+    at the value `accepted` gives it is absorbed.
 
     A setting the saved config lacks (the checkpoint predates it) counts as its default then: a field added to
     LoRA Studio does not stop older checkpoints from resuming unless the run now sets it otherwise."""
@@ -174,6 +214,8 @@ def resume_breaking_changes(saved: dict, current: dict) -> list[str]:
             if key == "train.steps" and current["optim"]["lr_scheduler"] != "constant" and old != new:
                 changes.append(f"{key}: {old!r} -> {new!r} (the {current['optim']['lr_scheduler']} "
                                "schedule depends on the total steps)")
+            continue
+        if key in MEMORY_CHANGES and key in (accepted or {}) and accepted[key] == new:
             continue
         reason = f" ({BREAKING_REASONS[key]})" if key in BREAKING_REASONS else ""
         changes.append(f"{key}: {old!r} -> {new!r}{reason}")

@@ -382,3 +382,15 @@ def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         return f"a list of {_type_name(typing.get_args(hint)[0]).removeprefix('a ')}s"
     return names.get(hint, str(hint))
+
+
+def changed_fields(before: TrainConfig, after: TrainConfig) -> dict[str, Any]:
+    """Every dotted field whose value differs in `after`, with its value there."""
+    def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    old, new = flat(before.to_dict()), flat(after.to_dict())
+    return {key: value for key, value in new.items() if old.get(key) != value}

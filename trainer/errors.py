@@ -60,3 +60,16 @@ class TrainingError(StudioError):
 
 class JobError(StudioError):
     """A job command cannot be carried out (unknown id, wrong status)."""
+
+
+class OutOfMemory(TrainingError):
+    """A run ran out of accelerator memory; carries what would fit, machine-readable (trainer/estimate/oom.py).
+
+    `settings`: dotted fields and values that fit and that a resume accepts ({} when none is known);
+    `estimate`: the bytes behind them (`budget`, `peak_bytes`, `fitted_bytes`)."""
+
+    def __init__(self, what: str, fix: str | None = None, settings: dict | None = None,
+                 estimate: dict | None = None):
+        self.settings = dict(settings or {})
+        self.estimate = dict(estimate or {})
+        super().__init__(what, fix=fix)

@@ -107,3 +107,8 @@ class Failed(Event):
     kind: ClassVar[str] = "failed"
     error: str
     advice: str = ""
+    suggested: dict[str, Any] = field(default_factory=dict)
+    """Out of memory: the settings (dotted field: value) the estimate says fit, which a resume may apply
+    (`Supervisor.resume(job, settings=...)`, `jobs resume ID --with-suggested`); {} otherwise."""
+    memory: dict[str, Any] = field(default_factory=dict)
+    """Out of memory: the estimate in bytes (`budget`, `peak_bytes`, `fitted_bytes`); {} otherwise."""

@@ -113,7 +113,8 @@ def train(config: TrainConfig, on_event: Callable[[Event], None] | None = None,
         # The step's tensors go with the traceback's frames; the advice is the estimate and what would fit.
         err.__traceback__ = None
         failure = out_of_memory_error(config, accelerator.device)
-        emit(Failed(error=str(failure), advice=failure.fix or ""))
+        emit(Failed(error=str(failure), advice=failure.fix or "", suggested=failure.settings,
+                    memory=failure.estimate))
         raise failure from err
 
 

@@ -6,6 +6,7 @@
     lora-studio jobs logs a1b2c3d4 --follow
     lora-studio jobs stop a1b2c3d4 [--force]
     lora-studio jobs resume a1b2c3d4
+    lora-studio jobs resume a1b2c3d4 --with-suggested   # out of memory: with the settings its failure named
     lora-studio jobs rm a1b2c3d4
 
 Every command takes `--home` (default: LORA_STUDIO_HOME, else ~/.lora-studio).
@@ -71,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("resume", parents=[common, scripted],
                        help="queue a stopped, interrupted or failed job again from its newest checkpoint")
     p.add_argument("id")
+    p.add_argument("--with-suggested", action="store_true",
+                   help="a job that ran out of memory: first apply the memory settings its failure suggested "
+                        "(`jobs show` lists them under suggested)")
     p.add_argument("--wait", action="store_true", help="wait until the job has finished")
     p.set_defaults(handler=cmd_resume)
 
@@ -182,13 +186,23 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    from trainer.errors import JobError
+
     sup = supervisor(args)
-    job_id = sup.resume(args.id)
+    settings = None
+    if args.with_suggested:
+        settings = sup.show(args.id)["suggested"]
+        if not settings:
+            raise JobError("has no suggested settings (it did not fail out of memory, or no setting a resume "
+                           "may change fits)", where=f"job {args.id}",
+                           fix=f"Resume without --with-suggested, or read `lora-studio jobs show {args.id}`.")
+    job_id = sup.resume(args.id, settings=settings)
     job = sup.wait(job_id) if args.wait else sup.show(job_id)
     if args.json:
-        print(json.dumps(job if args.wait else {"id": job_id, "status": job["status"]}))
+        print(json.dumps(job if args.wait else {"id": job_id, "status": job["status"], "settings": settings}))
     else:
-        print(f"{job_id}: {job['status']}")
+        changed = "".join(f"\n  {key} = {json.dumps(value)}" for key, value in (settings or {}).items())
+        print(f"{job_id}: {job['status']}" + (f", resumed with:{changed}" if changed else ""))
     return _exit_code(job) if args.wait else 0
 
 

@@ -2,14 +2,18 @@
 
     found = fit_settings(config, parse_size("8GB"))
     found.changes       # ["train.gradient_checkpointing = true", "train.batch_size = 1"]; None when none fits
+    found.settings      # {"train.gradient_checkpointing": True, "train.batch_size": 1}: the same, as dotted fields
+    fit_settings(config, budget, only=MEMORY_CHANGES)   # only changes a resume from a checkpoint accepts
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, changed_fields
 from trainer.errors import StudioError
 from trainer.estimate.build import model_spec
 from trainer.estimate.step import Estimate, estimate_step, with_settings
@@ -42,6 +46,9 @@ class FitResult:
     fitted: Estimate | None = None
     tried: list[tuple[list[str], int]] = field(default_factory=list)
     """Each combination tried and its peak."""
+    settings: dict[str, Any] | None = field(default_factory=dict)
+    """`changes` as machine-readable dotted fields and their new values (every field they change, such as
+    data.keep_tokens with data.shuffle_tags); {} when the run fits, None when nothing tried fits."""
 
 
 def _steps(config: TrainConfig, resolution: int):
@@ -64,10 +71,11 @@ def _steps(config: TrainConfig, resolution: int):
 
 
 def fit_settings(config: TrainConfig, budget: int, family: str | None = None,
-                 optimizer: str | None = None) -> FitResult:
+                 optimizer: str | None = None, only: Collection[str] | None = None) -> FitResult:
     """Add cheaper settings one at a time (gradient checkpointing, batch 1, cached text, 8-bit Adam, a 4-bit
     UNet, then lower resolutions) until the estimate fits `budget`; the first combination that fits is the answer.
-    `optimizer` overrides `optim.optimizer`."""
+    `optimizer` overrides `optim.optimizer`; with `only` (dotted fields), a change that would set any other
+    field is skipped (trainer.checkpoint.MEMORY_CHANGES: what a resume may change)."""
     spec = model_spec(config.model, family)
     if optimizer is not None:
         config = with_settings(config, optimizer=optimizer)
@@ -79,12 +87,17 @@ def fit_settings(config: TrainConfig, budget: int, family: str | None = None,
     current = config
     resolution = original.settings["resolution"]
     for change, line in _steps(config, resolution):
-        current = with_settings(current, **change)
+        candidate = with_settings(current, **change)
+        if only is not None and not set(changed_fields(config, candidate)) <= set(only):
+            continue
+        current = candidate
         changes.append(line)
         est = estimate_step(current, spec=spec)
         result.tried.append((list(changes), est.peak_bytes))
         if est.peak_bytes <= budget:
             result.changes, result.fitted = changes, est
+            result.settings = changed_fields(config, current)
             return result
-    result.changes = None
+    result.changes = result.settings = None
     return result
+

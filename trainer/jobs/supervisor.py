@@ -28,6 +28,7 @@ from trainer.fileio import atomic_write_bytes, disk_error
 from trainer.jobs import process
 from trainer.jobs.events import EventLog, heartbeat_age, last_event, read_events, tail_events
 from trainer.jobs.paths import Home, JobFiles, default_home
+from trainer.jobs.resume_settings import apply_memory_settings
 from trainer.jobs.store import DiskFullError, JobStore
 
 # A claimed job whose runner never recorded a pid after this long lost its supervisor mid-spawn.
@@ -116,17 +117,29 @@ class Supervisor:
             self.pump()
         return self.show(job_id)
 
-    def resume(self, job_id: str) -> str:
-        """Queue a stopped, interrupted or failed job again; it continues from its newest checkpoint."""
+    def resume(self, job_id: str, settings: dict[str, Any] | None = None) -> str:
+        """Queue a stopped, interrupted or failed job again; it continues from its newest checkpoint.
+
+        `settings` (dotted field: value) change memory settings first, such as those an out-of-memory failure
+        suggested (`show(job_id)["suggested"]`); anything else is refused (trainer/jobs/resume_settings.py).
+        The queued event lists what changed, as [old, new]."""
         job = self.store.get(job_id)
         if job["status"] not in RESUMABLE:
             fix = ("Submit a new job to train further." if job["status"] == "done"
                    else "Wait for it to finish or stop it first.")
             raise JobError(f"is {job['status']}; only stopped, interrupted or failed jobs resume",
                            where=f"job {job_id}", fix=fix)
-        self.files(job_id).stop_flag.unlink(missing_ok=True)
+        files = self.files(job_id)
+        saved = files.config.read_bytes() if settings else b""
+        changed = apply_memory_settings(files, job_id, settings) if settings else {}
+        files.stop_flag.unlink(missing_ok=True)
         if self.store.update(job_id, status="queued", error=None, only_if=RESUMABLE):
-            EventLog(self.files(job_id).events).write({"kind": "queued", "resume": True})
+            extra = {"changed": changed} if changed else {}
+            EventLog(files.events).write({"kind": "queued", "resume": True, **extra})
+        elif changed:  # another command resumed (or removed) it meanwhile: its run keeps the config it read
+            atomic_write_bytes(files.config, saved)
+            raise JobError("was resumed by another command meanwhile; its settings were left as they were",
+                           where=f"job {job_id}", fix="Stop it and resume it with the settings again.")
         self.pump()
         return job_id
 
@@ -249,6 +262,8 @@ class Supervisor:
             "library_name": Path(job["library"][-1]).stem if job["library"] else None,
             "error": job["error"],
             "advice": failed.get("advice") if job["status"] == "failed" else None,
+            # out of memory: the settings that fit, for resume(job_id, settings=...)
+            "suggested": (failed.get("suggested") or None) if job["status"] == "failed" else None,
             "stopping": running and files.stop_flag.exists(),
             "heartbeat_age_s": heartbeat_age(files.heartbeat) if running else None,
             "attempts": job["attempts"],
