@@ -119,11 +119,26 @@ class Studio:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.gpu or "cpu"
 
+    def preview_threads(self, jobs: list[dict] | None = None) -> int:
+        """CPU threads a preview may use: the cores this process may run on, less those the running jobs
+        train on (`train.num_threads` of each, 0 meaning every core), and at least one. Two sets of torch
+        threads on the same cores spin against each other and slow both many times over."""
+        jobs = self.supervisor.list() if jobs is None else jobs
+        cores = usable_cores()
+        taken = sum(job_threads(self.supervisor.files(job["id"]).config, cores)
+                    for job in jobs if job["status"] == "running")
+        return max(1, cores - taken)
+
     @contextlib.contextmanager
     def preview(self) -> Iterator[Any]:
-        """The adapter pool, on the device the GPU-sharing rule allows, held by one caller at a time."""
+        """The adapter pool, on the device the GPU-sharing rule allows, held by one caller at a time, running on
+        the CPU threads the running jobs leave free (`preview_threads`)."""
         with self._lock:
-            device = self.preview_device()
+            jobs = self.supervisor.list()
+            import torch
+
+            torch.set_num_threads(self.preview_threads(jobs))
+            device = self.preview_device(jobs)
             if self._pool is None or device != self._pool_device:
                 self._release_locked()
                 from trainer.generate import AdapterPool
@@ -184,3 +199,19 @@ class Studio:
         thread = threading.Thread(target=watch, name="pool-idle-watch", daemon=True)
         thread.start()
         return thread
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def job_threads(config_path: Path, cores: int) -> int:
+    """The CPU threads a job trains on: its `train.num_threads` (0: every core; unreadable: the default, 1)."""
+    import tomllib
+
+    try:
+        with open(config_path, "rb") as handle:
+            threads = int(tomllib.load(handle).get("train", {}).get("num_threads", 1))
+    except (OSError, ValueError, tomllib.TOMLDecodeError):
+        threads = 1
+    return cores if threads <= 0 else threads
