@@ -34,9 +34,11 @@ def report_markdown(report, dataset: str) -> str:
         for code, group in groupby(errors, key=lambda f: f.code):
             group = list(group)
             fixes = list(dict.fromkeys(f.fix for f in group if f.fix))
-            lines.append(f"- **{title}{code}** ({len(group)} file{'s' if len(group) > 1 else ''})")
-            for finding in group[:LIMIT]:
-                lines.append(f"  - `{Path(finding.path).name or finding.path}` {finding.message}")
+            if len(group) == 1:
+                lines.append(f"- **{title}{code}**: `{_name(group[0].path)}` {group[0].message}")
+            else:
+                lines.append(f"- **{title}{code}** ({len(group)} files)")
+                lines += [f"  - `{_name(f.path)}` {f.message}" for f in group[:LIMIT]]
             if len(group) > LIMIT:
                 lines.append(f"  - … and {len(group) - LIMIT} more")
             for fix in fixes:
@@ -44,6 +46,10 @@ def report_markdown(report, dataset: str) -> str:
     lines += ["", "Run the doctor in the Datasets tab for the whole report, or tick "
               "*Skip images the dataset doctor refuses* (Advanced) to drop bad images."]
     return "\n".join(lines)
+
+
+def _name(path: str) -> str:
+    return Path(path).name or path
 
 
 def check_before_start(config: TrainConfig, dataset: str) -> None:

@@ -69,7 +69,7 @@ def test_dataset_names_that_escape_are_refused(tmp_path, name):
 def test_presets_give_valid_configs_and_set_every_field_but_the_users(tmp_path, preset):
     updates = forms.preset_updates(preset)
     assert set(updates) == {f.key for f in forms.ALL_FIELDS} - forms.USER_FIELDS
-    assert forms.USER_FIELDS <= {f.key for f in forms.ALL_FIELDS}
+    assert forms.USER_FIELDS.issubset(f.key for f in forms.ALL_FIELDS)
     assert not set(forms.PRESETS[preset]) & forms.USER_FIELDS
     values = forms.config_to_values(TrainConfig()) | updates
     config = forms.values_to_config(values, tmp_path, dataset="example")
