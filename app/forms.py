@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from app.security import inside, safe_name
+from app.security import SecurityError, inside, safe_name
 from trainer.config import OPTIMIZERS, TrainConfig, config_from_dict, field_docs
 
 
@@ -77,6 +77,7 @@ ADVANCED = (
     Field("data.flip", "Random horizontal flip"),
     Field("data.shuffle_tags", "Shuffle caption tags"),
     Field("data.caption_dropout", "Caption dropout", minimum=0, maximum=1, step=0.05),
+    Field("data.skip_bad_images", "Skip images the dataset doctor refuses (and list them) instead of stopping"),
     Field("data.masked_loss", "Masked loss: weight by <name>.mask.png files"),
     Field("data.alpha_mask", "Masked loss: use the alpha channel of images without a mask file"),
     Field("export.dtype", "Saved tensor type", choices=("float16", "bfloat16", "float32")),
@@ -134,7 +135,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.validate_every": 100,
     },
 }
-"""Overrides on the defaults; a preset only sets what it names."""
+"""Each preset's values where they differ from the config defaults; every other field it sets to the default."""
+
+PRESET_HELP: dict[str, str] = {
+    "Quick test": "Quick test: 30 steps at a high learning rate, to check that the data and settings run at all.",
+    "Style": "Style: a long run that learns a look (colours, strokes, lighting), with flips and validation.",
+    "Character": "Character: learns one subject or face; no flips (faces are not symmetric), shuffled tags.",
+}
+"""One sentence a preset: what it is for (shown under the preset radio)."""
+
+USER_FIELDS = frozenset({
+    "model.base_model", "export.name", "sample.prompts", "data.trigger_word", "data.class_dir",
+    "data.class_prompt", "data.num_class_images", "data.masked_loss", "data.alpha_mask", "data.skip_bad_images",
+})
+"""Fields about the user's own data and names: a preset leaves them as the user set them."""
 
 
 def _section(key: str) -> tuple[type, str]:
@@ -240,13 +254,36 @@ def config_to_values(config: TrainConfig, fields: tuple[Field, ...] = ALL_FIELDS
 
 
 def preset_updates(preset: str | None) -> dict[str, Any]:
-    """The widget values a preset sets (only the fields it names; the rest of the form is kept)."""
-    overrides = PRESETS.get(preset or "", {})
+    """The widget values a preset sets: every form field but USER_FIELDS, to the preset's value or the
+    config default, so switching presets leaves nothing of the previous one behind. No preset: nothing."""
+    if preset not in PRESETS:
+        return {}
     config = TrainConfig()
-    for key, value in overrides.items():
+    for key, value in PRESETS[preset].items():
         section, name = key.split(".")
         setattr(getattr(config, section), name, value)
-    return {k: v for k, v in config_to_values(config).items() if k in overrides}
+    return {k: v for k, v in config_to_values(config).items() if k not in USER_FIELDS}
+
+
+def preset_help(preset: str | None) -> str:
+    """The line under the preset radio: what the chosen preset is for."""
+    if preset not in PRESET_HELP:
+        return "Pick a preset to fill the form for a quick test, a style or a character; then adjust."
+    return PRESET_HELP[preset]
+
+
+def default_lora_name(dataset: str | None, current: str | None, datasets: tuple[str, ...] = ()) -> str | None:
+    """The LoRA name to show after the user picks `dataset`: the dataset's name when the name field is empty,
+    still the default, or still a dataset's name (taken from one picked before); None keeps what the user typed."""
+    if not dataset:
+        return None
+    untouched = {"", default_value("export.name"), *datasets}
+    if (current or "").strip() not in untouched:
+        return None
+    try:
+        return safe_name(dataset, what="dataset name")
+    except SecurityError:  # a name the library would refuse is not suggested; Start names the problem
+        return None
 
 
 def dataclass_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:

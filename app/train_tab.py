@@ -17,6 +17,7 @@ import pandas as pd
 from app import forms
 from app.security import safe_name
 from app.studio import Studio
+from app.train_check import DatasetNotReady, check_before_start
 from trainer.errors import StudioError
 
 REFRESH_S = 2.0
@@ -35,6 +36,7 @@ def start_job(studio: Studio, values: dict[str, Any], dataset: str) -> str:
     # the name becomes file names in the library: refuse what the library would, before a job is queued
     safe_name(str(values.get("export.name") or ""), what="LoRA name")
     config = forms.values_to_config(values, studio.home, dataset=dataset)
+    check_before_start(config, dataset)  # a missing or refused dataset is refused here, never queued
     studio.yield_gpu()  # the job gets the whole GPU: a preview pool sitting there steps aside first
     return studio.supervisor.submit(config)
 
@@ -148,6 +150,7 @@ def build(studio: Studio) -> dict[str, Any]:
     with gr.Row():
         with gr.Column(scale=2):
             c["preset"] = gr.Radio(list(forms.PRESETS), label="Preset", value=None, elem_id="train-preset")
+            c["preset_help"] = gr.Markdown(forms.preset_help(None), elem_id="train-preset-help")
             c["dataset"] = gr.Dropdown(
                 studio.dataset_names(), label="Dataset", elem_id="train-dataset", allow_custom_value=True
             )
@@ -267,14 +270,19 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         named = {params[name]: value for name, value in values.items()}
         try:
             job_id = start_job(studio, named, dataset or "")
+        except DatasetNotReady as err:
+            return [err.markdown, *refresh(studio, selected, pin=True)]
         except StudioError as err:
             return [f"**Could not start:** {err}", *refresh(studio, selected, pin=True)]
         return [f"Queued job **{job_id}**.", *refresh(studio, job_id, pin=True)]
 
-    def pick_dataset(name: str | None) -> Any:
+    def pick_dataset(name: str | None, lora_name: str | None) -> Any:
         from app.datasets_tab import read_trigger
 
-        return gr.update(choices=studio.dataset_names()), read_trigger(studio, name) if name else ""
+        names = studio.dataset_names()
+        suggested = forms.default_lora_name(name, lora_name, tuple(names))
+        return (gr.update(choices=names), read_trigger(studio, name) if name else "",
+                gr.update() if suggested is None else suggested)
 
     c["start"].click(
         start,
@@ -293,9 +301,9 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     c["timer"].tick(partial(refresh, studio), c["job"], view_out, api_name=False, show_progress="hidden")
     c["job"].input(partial(refresh, studio), c["job"], view_out, api_name="show_job")
     c["preset"].change(
-        lambda p: [forms.preset_updates(p).get(k, gr.update()) for k in fields],
+        lambda p: [forms.preset_help(p), *[forms.preset_updates(p).get(k, gr.update()) for k in fields]],
         c["preset"],
-        list(fields.values()),
+        [c["preset_help"], *fields.values()],
         api_name=False,
     )
     memory = [fields[key] for key in MEMORY_FIELDS]
@@ -303,7 +311,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         component.change(lambda *v: estimate_text(dict(zip(MEMORY_FIELDS, v, strict=True)), studio.home), memory,
                          c["estimate"], api_name=False, trigger_mode="always_last")
     for event in (c["dataset"].focus, c["dataset"].change):
-        event(pick_dataset, c["dataset"], [c["dataset"], fields["data.trigger_word"]], api_name=False)
+        event(pick_dataset, [c["dataset"], fields["export.name"]],
+              [c["dataset"], fields["data.trigger_word"], fields["export.name"]], api_name=False)
     c["on_load"] = (
         lambda job: [gr.update(choices=studio.dataset_names()), *refresh(studio, job)],
         [c["job"]],

@@ -61,10 +61,20 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def wait_value(page, elem_id: str, pattern: str, timeout_ms: int = 30_000) -> None:
+    """Wait until the first input of a field matches `pattern` (a handler's reply has landed)."""
+    page.wait_for_function(
+        "([sel, pat]) => new RegExp(pat).test(document.querySelector(sel)?.value ?? '')",
+        arg=[f"#{elem_id} textarea, #{elem_id} input", pattern],
+        timeout=timeout_ms,
+    )
+
+
 def start_training(page, name: str, steps: str) -> None:
     page.get_by_role("tab", name="Train").click()
     page.get_by_label("Quick test").check()
     pick(page, "train-dataset", "shapes")
+    wait_value(page, "field-export-name", "^(?!lora$)")  # the name taken from the dataset lands before we type
     page.locator("#field-export-name textarea, #field-export-name input").first.fill(name)
     set_number(page, "field-train-steps", steps)
     pick(page, "field-data-resolution", "64")
@@ -75,6 +85,65 @@ def start_training(page, name: str, steps: str) -> None:
     page.wait_for_function(
         "() => /Queued job/.test(document.querySelector('#train-message')?.innerText || '')", timeout=60_000
     )
+
+
+def test_presets_replace_each_other_the_name_follows_the_dataset_and_a_bad_one_is_refused(tmp_path):
+    """The Train form alone, fast: presets, the LoRA name from the dataset, Start's doctor refusal as a list."""
+    from playwright.sync_api import sync_playwright
+
+    home = tmp_path / "home"
+    for name in ("shapes", "circles"):
+        shutil.copytree(EXAMPLE, home / "datasets" / name)
+    broken = home / "datasets" / "broken"
+    broken.mkdir()
+    (broken / "bad.png").write_bytes((EXAMPLE / "00.png").read_bytes()[:100])
+    server = start_server(home)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            try:
+                _train_form(page, server.url)
+            except Exception:
+                shot(page, "failure-train-form")
+                raise
+            finally:
+                browser.close()
+    finally:
+        stop_server(server)
+    assert "Traceback" not in server.output()
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())  # the refusal queued nothing
+
+
+def _train_form(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_text("Advanced", exact=True).click()  # its fields are drawn once it opens
+    page.locator("#field-train-min_snr_gamma input").first.wait_for(timeout=30_000)
+    page.get_by_label("Style").check()
+    wait_value(page, "field-train-steps", "^1500$")
+    wait_value(page, "field-train-min_snr_gamma", "^5")
+    assert "Style:" in page.locator("#train-preset-help").inner_text()
+    page.get_by_label("Quick test").check()
+    wait_value(page, "field-train-steps", "^30$")
+    wait_value(page, "field-train-min_snr_gamma", "^0(\\.0)?$")  # Style's value is gone, not kept
+    wait_value(page, "field-train-validate_every", "^0$")
+    assert "Quick test:" in page.locator("#train-preset-help").inner_text()
+
+    name = page.locator("#field-export-name textarea, #field-export-name input").first
+    pick(page, "train-dataset", "shapes")
+    wait_value(page, "field-export-name", "^shapes$")
+    pick(page, "train-dataset", "circles")  # a name taken from a dataset follows the next one
+    wait_value(page, "field-export-name", "^circles$")
+    name.fill("my-lora")
+    pick(page, "train-dataset", "shapes")  # a typed name stays
+    page.wait_for_timeout(1000)
+    assert name.input_value() == "my-lora"
+
+    pick(page, "train-dataset", "broken")
+    page.locator("#train-start").click()
+    page.locator("#train-message li", has_text="bad-image").wait_for(timeout=60_000)
+    assert "nothing was queued" in page.locator("#train-message").inner_text()
 
 
 @pytest.mark.slow

@@ -66,15 +66,55 @@ def test_dataset_names_that_escape_are_refused(tmp_path, name):
 
 
 @pytest.mark.parametrize("preset", list(forms.PRESETS))
-def test_presets_give_valid_configs_and_only_touch_their_fields(tmp_path, preset):
+def test_presets_give_valid_configs_and_set_every_field_but_the_users(tmp_path, preset):
     updates = forms.preset_updates(preset)
-    assert set(updates) == set(forms.PRESETS[preset])
+    assert set(updates) == {f.key for f in forms.ALL_FIELDS} - forms.USER_FIELDS
+    assert forms.USER_FIELDS.issubset(f.key for f in forms.ALL_FIELDS)
+    assert not set(forms.PRESETS[preset]) & forms.USER_FIELDS
     values = forms.config_to_values(TrainConfig()) | updates
     config = forms.values_to_config(values, tmp_path, dataset="example")
     for key, expected in forms.PRESETS[preset].items():
         section, name = key.split(".")
         assert getattr(getattr(config, section), name) == expected
     config_from_dict(config.to_dict())  # the saved form is a config the CLI reads back
+    assert forms.preset_help(preset).startswith(preset + ":")
+
+
+def test_switching_presets_leaves_nothing_of_the_previous_one(tmp_path):
+    values = forms.config_to_values(TrainConfig())
+    values.update({"export.name": "mine", "data.trigger_word": "sks", "sample.prompts": "a sks cat"})
+    values |= forms.preset_updates("Style")
+    assert values["train.min_snr_gamma"] == 5.0 and values["train.validate_every"] == 100
+    values |= forms.preset_updates("Quick test")
+    config = forms.values_to_config(values, tmp_path, dataset="example")
+    assert config.train.min_snr_gamma == TrainConfig().train.min_snr_gamma
+    assert config.train.validate_every == TrainConfig().train.validate_every
+    assert config.data.validation_fraction == TrainConfig().data.validation_fraction
+    assert config.optim.warmup_steps == TrainConfig().optim.warmup_steps
+    assert config.train.steps == 30
+    # the user's own fields stay as typed
+    assert (config.export.name, config.data.trigger_word, config.sample.prompts) == ("mine", "sks", ["a sks cat"])
+    assert forms.preset_updates(None) == {}
+    assert "preset" in forms.preset_help(None).lower()
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [("", "cats"), ("lora", "cats"), (" ", "cats"), ("dogs", "cats"), ("my-style", None)],
+)
+def test_the_lora_name_defaults_from_the_dataset_unless_typed(current, expected):
+    assert forms.default_lora_name("cats", current, ("cats", "dogs")) == expected
+    assert forms.default_lora_name(None, "", ("cats",)) is None
+
+
+def test_skip_bad_images_is_a_checkbox(tmp_path):
+    import gradio as gr
+
+    with gr.Blocks():
+        widgets = forms.build_fields(forms.ADVANCED)
+    assert isinstance(widgets["data.skip_bad_images"], gr.Checkbox)
+    values = forms.config_to_values(TrainConfig()) | {"data.skip_bad_images": True}
+    assert forms.values_to_config(values, tmp_path, dataset="cats").data.skip_bad_images is True
 
 
 def test_help_texts_come_from_the_config_docstrings():

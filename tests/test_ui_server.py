@@ -160,6 +160,27 @@ def pixels(path: str) -> np.ndarray:
 
 
 @pytest.mark.slow
+def test_start_refuses_a_missing_or_refused_dataset_before_queueing(server):
+    broken = server.home / "datasets" / "broken"
+    broken.mkdir(parents=True)
+    for i in range(3):  # three truncated PNGs: one check, three files, its fix said once
+        data = (EXAMPLE / "00.png").read_bytes()
+        (broken / f"bad{i}.png").write_bytes(data[: len(data) // 3])
+        (broken / f"bad{i}.txt").write_text("a shape")
+    client = Client(server.url, verbose=False)
+    jobs_before = client.predict(None, api_name="/show_job")[0]
+    message = client.predict("broken", None, api_name="/start_job", **quick_form(export_name="broken"))[0]
+    assert message.startswith("**Could not start:** the dataset doctor refused **broken**"), message
+    assert "\n- **bad-image** (3 files)" in message
+    assert all(f"  - `bad{i}.png`" in message for i in range(3))
+    assert message.count("Re-export it or remove it.") == 1, message
+    assert "\n- **no-usable-images**: `broken` has no usable images" in message
+    missing = client.predict("nosuch", None, api_name="/start_job", **quick_form(export_name="nosuch"))[0]
+    assert "dataset 'nosuch' does not exist" in missing and "Datasets tab" in missing
+    assert client.predict(None, api_name="/show_job")[0] == jobs_before  # nothing was queued
+    assert "Traceback" not in server.output()
+
+
 def test_upload_train_download_and_preview_over_the_api(server, tmp_path):
     """The whole product over its API: upload, train, poll, download, load in diffusers, preview."""
     archive = zip_dataset(EXAMPLE, tmp_path / "shapes.zip")
