@@ -132,11 +132,12 @@ class Studio:
     @contextlib.contextmanager
     def preview(self) -> Iterator[Any]:
         """The adapter pool, on the device the GPU-sharing rule allows, held by one caller at a time, running on
-        the CPU threads the running jobs leave free (`preview_threads`)."""
+        the CPU threads the running jobs leave free (`preview_threads`) for as long as the caller holds it."""
+        import torch
+
         with self._lock:
             jobs = self.supervisor.list()
-            import torch
-
+            threads_before = torch.get_num_threads()
             torch.set_num_threads(self.preview_threads(jobs))
             device = self.preview_device(jobs)
             if self._pool is None or device != self._pool_device:
@@ -150,6 +151,7 @@ class Studio:
                 yield self._pool
             finally:
                 self._last_used = time.monotonic()
+                torch.set_num_threads(threads_before)  # the rest of the process keeps its own count
 
     def pool_device(self) -> str | None:
         """Where the preview pool lives now (None: not loaded)."""

@@ -35,5 +35,6 @@ def test_the_preview_pool_runs_on_those_threads(tmp_home):
         torch.set_num_threads(1)
         with studio.preview():  # no job runs: every usable core
             assert torch.get_num_threads() == usable_cores()
+        assert torch.get_num_threads() == 1  # given back: the process keeps its own count
     finally:
         torch.set_num_threads(before)

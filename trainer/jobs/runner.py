@@ -28,7 +28,9 @@ from trainer.fileio import disk_error
 from trainer.jobs import process
 from trainer.jobs.events import EventLog, Heartbeat, read_events
 from trainer.jobs.library import publish
+from trainer.jobs.log_lines import describe
 from trainer.jobs.paths import Home, JobFiles
+from trainer.jobs.quiet import quiet_libraries
 from trainer.jobs.store import JobStore
 
 RESERVE_BYTES = 1 << 20
@@ -173,20 +175,6 @@ def explain(err: BaseException) -> tuple[str, str]:
     return f"{type(err).__name__}: {err}", "See runner.log in the job folder for the traceback."
 
 
-def describe(record: dict[str, Any]) -> str:
-    """A human line for runner.log from an event record."""
-    kind = record.get("kind")
-    if kind == "progress":
-        parts = [f"step {record.get('step')}/{record.get('total_steps')}"]
-        for key, fmt in (("loss", "loss {:.4f}"), ("lr", "lr {:.2e}"), ("it_per_s", "{:.2f} it/s"),
-                         ("eta_s", "eta {:.0f}s")):
-            if isinstance(record.get(key), (int, float)):
-                parts.append(fmt.format(record[key]))
-        return "  ".join(parts)
-    details = {k: v for k, v in record.items() if k not in ("kind", "time")}
-    return f"{kind}: {details}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.jobs.runner",
                                      description=__doc__.splitlines()[0])
@@ -200,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.terminated = True
 
     signal.signal(signal.SIGTERM, terminate)
+    quiet_libraries()
     heartbeat = Heartbeat(runner.files.heartbeat).start()
     try:
         code = runner.run()

@@ -1,0 +1,23 @@
+"""Keep library notices that say nothing about the job out of its runner.log (its events carry what matters).
+
+    quiet_libraries()   # in the job runner, before anything imports transformers or bitsandbytes
+
+transformers warns once per process that CLIP's image processor falls back to PIL without torchvision, and
+bitsandbytes (which diffusers imports when it is installed) that an optional CPU kernel package is missing;
+neither is about training and both land in every job's log. Their errors still show.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported; children too
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
