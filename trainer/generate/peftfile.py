@@ -21,7 +21,6 @@ from trainer.errors import LoraFileError
 
 KINDS = {"hada_": "LoHa", "lokr_": "LoKr"}
 """peft's key prefix for each LyCORIS kind it implements."""
-_CONFIG_KEY = "lora_adapter_metadata"  # trainer/export.py's ADAPTER_METADATA_KEY (diffusers' own name)
 
 
 @dataclass
@@ -115,10 +114,12 @@ def inject_peft_adapter(pipe, adapter: PeftAdapter, name: str) -> None:
 
 
 def _adapter_metadata(lora) -> dict:
-    raw = lora.metadata.get(_CONFIG_KEY)
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY  # the key trainer/export.py writes
+
+    raw = lora.metadata.get(LORA_ADAPTER_METADATA_KEY)
     if not raw:
         raise LoraFileError(f"holds {lycoris_kind(lora.tensors)} tensors in peft keys but no adapter config "
-                            f"(metadata {_CONFIG_KEY!r})", where=str(lora.path),
+                            f"(metadata {LORA_ADAPTER_METADATA_KEY!r})", where=str(lora.path),
                             fix="Load the .peft.safetensors file a LoRA Studio LoHa/LoKr run wrote.")
     try:
         return json.loads(raw)

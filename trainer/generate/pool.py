@@ -106,13 +106,7 @@ class AdapterPool:
             plan = plan_lora(self.pipe, lora, allow_partial=allow_partial)
             report = LoadReport(name=name, path=str(path), format=lora.format, rank=plan.rank,
                                 layers=len(plan.modules), nbytes=lora.nbytes, unmatched=list(plan.unmatched))
-            if self.max_bytes is not None and report.nbytes > self.max_bytes:
-                raise LoraFileError(f"needs {report.nbytes} bytes, more than the pool's cap of "
-                                    f"{self.max_bytes}", where=str(path),
-                                    fix="Raise max_bytes or load a smaller LoRA.")
-            if name in self._entries:
-                self._drop(name)
-            self._make_room(report.nbytes)
+            self._admit(report)
             reason = self._slot.why_not(plan) if self._slot else ""
             if self._slot and not reason:
                 report.hotswap = True
@@ -130,12 +124,7 @@ class AdapterPool:
         adapter = plan_peft_adapter(self.pipe, lora, allow_partial=allow_partial)
         report = LoadReport(name=name, path=str(path), format=lora.format, rank=adapter.rank,
                             layers=len(adapter.modules), nbytes=lora.nbytes, unmatched=list(adapter.unmatched))
-        if self.max_bytes is not None and report.nbytes > self.max_bytes:
-            raise LoraFileError(f"needs {report.nbytes} bytes, more than the pool's cap of {self.max_bytes}",
-                                where=str(path), fix="Raise max_bytes or load a smaller LoRA.")
-        if name in self._entries:
-            self._drop(name)
-        self._make_room(report.nbytes)
+        self._admit(report)
         if self._slot:
             report.note = f"not hot-swappable: a {adapter.kind} adapter; loaded as its own adapter (using it " \
                           "recompiles the UNet)"
@@ -152,6 +141,15 @@ class AdapterPool:
                                 fix="Check that it was made for this base model.") from err
         self._entries[name] = report
         return report
+
+    def _admit(self, report: LoadReport) -> None:
+        """Refuse a LoRA over the byte cap; drop the one of its name and evict until it fits."""
+        if self.max_bytes is not None and report.nbytes > self.max_bytes:
+            raise LoraFileError(f"needs {report.nbytes} bytes, more than the pool's cap of {self.max_bytes}",
+                                where=report.path, fix="Raise max_bytes or load a smaller LoRA.")
+        if report.name in self._entries:
+            self._drop(report.name)
+        self._make_room(report.nbytes)
 
     def unload(self, name: str) -> None:
         with self._lock:
