@@ -31,6 +31,8 @@ POSITIONS = {
 }
 RADIUS = {"small": 15, "big": 25}
 TEXTURES = ("plain", "stripes", "dots")
+TEXTURE_PERIOD = 32
+"""Pixels between stripes or dots: four latent cells."""
 # Colour i is held out with shape i % 4: every colour and every shape is still seen, never these pairs.
 HELD_OUT = frozenset((color, SHAPES[i % len(SHAPES)]) for i, color in enumerate(COLORS))
 STAR_INNER = 0.4
@@ -95,11 +97,10 @@ def _jitter(rng: random.Random) -> tuple[int, int]:
     return rng.randint(-4, 4), rng.randint(-4, 4)
 
 
-def center_of(item: Item) -> tuple[float, float]:
+def center_of(item: Item, width: int = SIZE, height: int = SIZE) -> tuple[float, float]:
     """The object's centre in pixels: a 3 x 3 grid of positions, kept clear of the picture's edge."""
     column, row = POSITIONS[item.position]
-    step = (SIZE - 2 * 34) / 2
-    return 34 + column * step + item.jitter[0], 34 + row * step + item.jitter[1]
+    return (34 + column * (width - 68) / 2 + item.jitter[0], 34 + row * (height - 68) / 2 + item.jitter[1])
 
 
 def shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
@@ -113,33 +114,40 @@ def shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[float
     return None
 
 
-def render_scene(scene: Scene) -> Image.Image:
-    """Draw `scene` at 128 x 128 px."""
+def render_scene(scene: Scene, width: int = SIZE, height: int = SIZE) -> Image.Image:
+    """Draw `scene` (128 x 128 px unless told)."""
     base = COLORS[scene.background]
-    image = Image.new("RGB", (SIZE, SIZE), base)
+    image = Image.new("RGB", (width, height), base)
     draw = ImageDraw.Draw(image)
     # Texture in a shade of the background (a quarter of the way to mid-gray), so objects still stand out.
     shade = tuple(int(c + (128 - c) * 0.25) if abs(sum(base) / 3 - 128) > 30 else c + 28 for c in base)
+    # Drawn at the latent's scale (the VAE keeps 8 x 8 block means): finer stripes and dots alias into
+    # patterns that look like noise, and a base trained on them leaves noisy backgrounds.
     if scene.texture == "stripes":
-        for x in range(-SIZE, SIZE, 12):
-            draw.line([(x, SIZE), (x + SIZE, 0)], fill=shade, width=4)
+        for x in range(-height, width, TEXTURE_PERIOD):
+            draw.line([(x, height), (x + height, 0)], fill=shade, width=TEXTURE_PERIOD // 3)
     elif scene.texture == "dots":
-        for y in range(4, SIZE, 12):
-            for x in range(4 + (y // 12 % 2) * 6, SIZE, 12):
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=shade)
+        r = TEXTURE_PERIOD // 5
+        for row, y in enumerate(range(TEXTURE_PERIOD // 2, height, TEXTURE_PERIOD)):
+            for x in range(TEXTURE_PERIOD // 4 + (row % 2) * TEXTURE_PERIOD // 2, width, TEXTURE_PERIOD):
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
     for item in scene.items:
-        cx, cy = center_of(item)
-        r = RADIUS[item.size]
-        fill = COLORS[item.color]
-        points = shape_points(item.shape, cx, cy, r)
-        if points is not None:
-            draw.polygon(points, fill=fill)
-        elif item.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        else:
-            side = r * 0.88  # a square of about a circle's area
-            draw.rectangle((cx - side, cy - side, cx + side, cy + side), fill=fill)
+        draw_item(draw, item, *center_of(item, width, height))
     return image
+
+
+def draw_item(draw: ImageDraw.ImageDraw, item: Item, cx: float, cy: float, outline=None, width: int = 0) -> None:
+    """One object centred on (cx, cy), optionally with an outline `width` px wide."""
+    r = RADIUS[item.size]
+    style = dict(fill=COLORS[item.color], outline=outline, width=width)
+    points = shape_points(item.shape, cx, cy, r)
+    if points is not None:
+        draw.polygon(points, **style)
+    elif item.shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), **style)
+    else:
+        side = r * 0.88  # a square of about a circle's area
+        draw.rectangle((cx - side, cy - side, cx + side, cy + side), **style)
 
 
 def caption_of(scene: Scene) -> str:
