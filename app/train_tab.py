@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from app import forms
 from app.security import safe_name
-from app.studio import Studio
+from app.studio import ACTIVE, Studio
 from app.train_check import DatasetNotReady, check_before_start
+from app.train_view import LOSS_SERIES, MIN_COLUMNS, downloads_note, loss_frame, lr_frame, sample_gallery
 from trainer.errors import StudioError
+from trainer.jobs.supervisor import RESUMABLE
 
 REFRESH_S = 2.0
 LOG_LINES = 14
@@ -94,21 +95,11 @@ def job_choices(jobs: list[dict]) -> list[tuple[str, str]]:
     return [(f"{j['id']} · {j.get('name', '')} · {j['status']}", j["id"]) for j in jobs]
 
 
-def loss_frame(events: list[dict]) -> pd.DataFrame:
-    """The loss plot's rows: the training loss every step and the validation loss at each check, one
-    `series` each (the plot draws one line per series)."""
-    series = {"progress": "training", "validation": "validation"}
-    rows = [(e["step"], e["loss"], series[e["kind"]]) for e in events
-            if e.get("kind") in series and e.get("loss") is not None]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
-
-
 def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     """Everything the live view shows for one job, from the store and its events log."""
     sup = studio.supervisor
     job = sup.show(job_id)
     events = sup.events(job_id)
-    samples = [e for e in events if e.get("kind") == "sample" and e.get("paths")]
     failed = next((e for e in reversed(events) if e.get("kind") == "failed"), None)
     folder = Path(job["dir"])
     finished = next((e for e in reversed(events) if e.get("kind") == "done"), {})
@@ -134,12 +125,16 @@ def job_view(studio: Studio, job_id: str) -> dict[str, Any]:
     if error:
         advice = (failed or {}).get("advice")
         status += f"\n\n**Error:** {error}" + (f"\n\n{advice}" if advice else "")
+    samples, columns = sample_gallery(events, folder)
     return {
         "status": status,
         "loss": loss_frame(events),
-        "samples": [(p, f"step {samples[-1]['step']}") for p in samples[-1]["paths"]] if samples else [],
+        "lr": lr_frame(events),
+        "samples": samples,
+        "sample_columns": columns,
         "log": sup.log_tail(job_id, lines=LOG_LINES),
         "downloads": downloads,
+        "downloads_note": downloads_note(job, events),
         "job": {**job, "tensorboard_log_dir": started.get("log_dir") or None},
     }
 
@@ -168,21 +163,23 @@ def build(studio: Studio) -> dict[str, Any]:
             c["jobs"] = gr.Dataframe(headers=JOB_HEADERS, interactive=False, label="Jobs", elem_id="train-jobs")
             c["job"] = gr.Dropdown([], label="Selected job", elem_id="train-job", allow_custom_value=True)
             c["status"] = gr.Markdown(elem_id="train-status")
-            c["loss"] = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=220,
-                                    elem_id="train-loss")
-            c["samples"] = gr.Gallery(
-                label="Latest samples", columns=4, height=200, object_fit="contain", elem_id="train-samples"
-            )
-            with gr.Row():
-                c["stop"] = gr.Button("Stop", elem_id="train-stop")
-                c["force"] = gr.Button("Force stop", variant="stop", elem_id="train-force")
-                c["resume"] = gr.Button("Resume", elem_id="train-resume")
+            c["loss"] = gr.LinePlot(x="step", y="loss", color="series", color_map=LOSS_SERIES, title="Loss",
+                                    height=220, elem_id="train-loss")
+            c["lr"] = gr.LinePlot(x="step", y="lr", title="Learning rate", height=120, elem_id="train-lr")
+            c["samples"] = gr.Gallery(label="Samples over steps", columns=MIN_COLUMNS, fit_columns=False, height=320,
+                                      object_fit="contain", elem_id="train-samples")  # a column: one prompt
+            with gr.Row(equal_height=True):  # each enabled only while it applies to the selected job (refresh)
+                c["stop"] = gr.Button("Stop", interactive=False, elem_id="train-stop")
+                c["force"] = gr.Button("Force stop", variant="stop", interactive=False, elem_id="train-force")
+                c["resume"] = gr.Button("Resume", interactive=False, elem_id="train-resume")
+                c["command_message"] = gr.Markdown(elem_id="train-command-message")
             with gr.Row():  # a job that ran out of memory: resume with the settings its failure named
                 c["resume_fit"] = gr.Button("Resume with these settings", visible=False, elem_id="train-resume-fit")
                 c["fit_note"] = gr.Markdown(visible=False, elem_id="train-fit-note")
             c["downloads"] = gr.File(
                 label="Downloads", file_count="multiple", interactive=False, elem_id="train-downloads"
             )
+            c["downloads_note"] = gr.Markdown(elem_id="train-downloads-note")
             c["log"] = gr.Textbox(
                 label="Log (latest lines)", lines=LOG_LINES, max_lines=LOG_LINES, interactive=False, elem_id="train-log"
             )
@@ -193,8 +190,20 @@ def build(studio: Studio) -> dict[str, Any]:
     return c
 
 
-VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details", "resume_fit", "fit_note")
-"""The components every job command refreshes, in this order."""
+VIEW = ("jobs", "job", "status", "loss", "samples", "log", "downloads", "details", "lr", "downloads_note",
+        "stop", "force", "resume", "resume_fit", "fit_note")
+"""The components every refresh sets (timer, job pick, commands, page load), in this order. The API leaves
+buttons out, so its clients see jobs, job, status, loss, samples, log, downloads, details, lr, downloads_note
+and fit_note: new parts go before the buttons, and the indices clients use stay where they were."""
+
+
+def command_updates(job: dict[str, Any] | None) -> list[Any]:
+    """Stop, Force stop and Resume, each clickable only when the supervisor would take it for this job: stop a
+    queued or running one (Stop once: a stopping job only waits for its step), resume a RESUMABLE one."""
+    status = (job or {}).get("status")
+    return [gr.update(interactive=status in ACTIVE and not job.get("stopping")),
+            gr.update(interactive=status in ACTIVE),
+            gr.update(interactive=status in RESUMABLE)]
 
 
 def fit_updates(job: dict[str, Any] | None) -> list[Any]:
@@ -223,17 +232,24 @@ def refresh(studio: Studio, selected: str | None, pin: bool = False) -> list[Any
         if pin or chosen != selected
         else gr.update(choices=job_choices(jobs))
     )
-    out = [job_rows(jobs), picker]
+    values: dict[str, Any] = {"jobs": job_rows(jobs), "job": picker}
+    job = None
     if chosen is None:
-        return out + ["No jobs yet: pick a dataset and press **Start training**.", None, [], "", [], None,
-                      *fit_updates(None)]
-    view = job_view(studio, chosen)
-    return out + [view[k] for k in ("status", "loss", "samples", "log", "downloads", "job")] + fit_updates(view["job"])
+        values |= {"status": "No jobs yet: pick a dataset and press **Start training**.", "loss": None, "lr": None,
+                   "samples": [], "log": "", "downloads": [], "downloads_note": "", "details": None}
+    else:
+        view = job_view(studio, chosen)
+        job = view["job"]
+        values |= {name: view[name] for name in ("status", "loss", "lr", "log", "downloads", "downloads_note")}
+        values |= {"samples": gr.update(value=view["samples"], columns=view["sample_columns"]), "details": job}
+    values |= dict(zip(("stop", "force", "resume"), command_updates(job), strict=True))
+    values |= dict(zip(("resume_fit", "fit_note"), fit_updates(job), strict=True))
+    return [values[name] for name in VIEW]
 
 
 def run_command(studio: Studio, action: str, selected: str | None) -> list[Any]:
     """Stop, force-stop, resume or resume with the suggested settings (`fit`) the selected job; returns the
-    message and VIEW."""
+    message (shown beside the buttons) and VIEW."""
     if not selected:
         return ["Select a job first.", *refresh(studio, None, pin=True)]
     sup = studio.supervisor
@@ -293,10 +309,9 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         trigger_mode="once",
     )
     for action in ("stop", "force", "resume"):
-        c[action].click(
-            partial(run_command, studio, action), c["job"], [c["message"], *view_out], api_name=f"{action}_job"
-        )
-    c["resume_fit"].click(partial(run_command, studio, "fit"), c["job"], [c["message"], *view_out],
+        c[action].click(partial(run_command, studio, action), c["job"], [c["command_message"], *view_out],
+                        api_name=f"{action}_job")
+    c["resume_fit"].click(partial(run_command, studio, "fit"), c["job"], [c["command_message"], *view_out],
                           api_name="resume_with_suggested")
     c["timer"].tick(partial(refresh, studio), c["job"], view_out, api_name=False, show_progress="hidden")
     c["job"].input(partial(refresh, studio), c["job"], view_out, api_name="show_job")

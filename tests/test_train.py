@@ -118,6 +118,7 @@ def test_events_report_progress_and_done(quick_config):
     samples = [e for e in events if e.kind == "sample"]
     assert [s.step for s in samples] == [2, 4]
     assert all(p.endswith(".png") for s in samples for p in s.paths)
+    assert all(len(s.prompts) == len(s.paths) == 1 and s.prompts[0] for s in samples)  # the first caption
     assert events[-1].outputs == [str(p) for p in result.outputs]
 
 

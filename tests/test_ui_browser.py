@@ -70,9 +70,12 @@ def wait_value(page, elem_id: str, pattern: str, timeout_ms: int = 30_000) -> No
     )
 
 
-def start_training(page, name: str, steps: str) -> None:
+def start_training(page, name: str, steps: str, sample_every: str | None = None) -> None:
+    """Start a Quick test job at 64 px with 2 denoising steps a sample (every `sample_every` steps: the preset's
+    10 unless given)."""
     page.get_by_role("tab", name="Train").click()
     page.get_by_label("Quick test").check()
+    wait_text(page, "#train-preset-help", "^Quick test:")  # the preset's values land with it, not over ours
     pick(page, "train-dataset", "shapes")
     wait_value(page, "field-export-name", "^(?!lora$)")  # the name taken from the dataset lands before we type
     page.locator("#field-export-name textarea, #field-export-name input").first.fill(name)
@@ -80,7 +83,12 @@ def start_training(page, name: str, steps: str) -> None:
     pick(page, "field-data-resolution", "64")
     if not page.locator("#field-sample-steps input[type=number]").first.is_visible():
         page.get_by_text("Samples during training").click()
+    page.locator("#field-sample-steps input[type=number]").first.wait_for()
     set_number(page, "field-sample-steps", "2")
+    if sample_every is not None:
+        set_number(page, "field-sample-every_n_steps", sample_every)
+        wait_value(page, "field-sample-every_n_steps", f"^{sample_every}$")
+    wait_value(page, "field-sample-steps", "^2$")
     page.locator("#train-start").click()
     page.wait_for_function(
         "() => /Queued job/.test(document.querySelector('#train-message')?.innerText || '')", timeout=60_000
@@ -173,6 +181,8 @@ def test_the_whole_flow_by_clicking_and_a_restart_mid_job(tmp_path):
 
 def _flow(page, servers: list, home: Path, tagger: Path, tmp_path: Path) -> None:
     """Click through the product; the server restarts once on the same port (appended to `servers`)."""
+    from playwright.sync_api import expect
+
     page.goto(servers[0].url)
 
     # Datasets: a new dataset from images and captions, seen in the gallery
@@ -195,12 +205,13 @@ def _flow(page, servers: list, home: Path, tagger: Path, tmp_path: Path) -> None
     shot(page, "datasets")
 
     # Train: Quick test preset, a few steps, watched to the end
-    start_training(page, "shapes", "4")
+    start_training(page, "shapes", "4", sample_every="2")
     wait_status(page, r"\bdone\b")
     page.locator("#train-samples img").first.wait_for(timeout=30_000)
     downloads = page.locator("#train-downloads").inner_text().replace("\n", "")
     assert "shapes.safetensors" in downloads and "shapes.peft.safetensors" in downloads
     assert "config.toml" in downloads
+    _live_view_of_a_finished_job(page)
     train_png = shot(page, "train")
     if os.environ.get("LORA_STUDIO_UPDATE_SCREENSHOT") == "1":  # refresh the README's picture on request only
         shutil.copyfile(train_png, ROOT / "docs" / "screenshot.png")
@@ -226,13 +237,49 @@ def _flow(page, servers: list, home: Path, tagger: Path, tmp_path: Path) -> None
     pick_job(page, job_id)
     wait_status(page, r"\brunning\b", timeout_ms=60_000)
     assert re.search(job_id, page.locator("#train-jobs").inner_text())
+    expect(page.locator("#train-resume")).to_be_disabled(timeout=30_000)  # a running job: stop it, not resume
+    expect(page.locator("#train-stop")).to_be_enabled(timeout=30_000)
+    expect(page.locator("#train-force")).to_be_enabled()
     page.locator("#train-stop").click()
+    wait_text(page, "#train-command-message", f"^Stop: job {job_id}\\.$")  # beside the buttons, not under Start
+    assert "Stop:" not in page.locator("#train-message").inner_text()
     wait_status(page, r"\bstopped\b", timeout_ms=120_000)
     page.wait_for_function(  # a graceful stop still hands over the LoRA trained so far
         "() => /long\\.safetensors/.test(document.querySelector('#train-downloads')?.innerText.replace(/\\n/g, ''))",
         timeout=30_000,
     )
+    expect(page.locator("#train-resume")).to_be_enabled(timeout=30_000)
+    expect(page.locator("#train-stop")).to_be_disabled()
+    expect(page.locator("#train-force")).to_be_disabled()
+    stopped_at = re.search(r"step (\d+)/5000", status_text(page)).group(1)
+    wait_text(page, "#train-downloads-note", f"^Files from step {stopped_at} of 5000\\.$", timeout_ms=30_000)
     shot(page, "train-stopped")
+
+
+LINE_DRAWN = """([plot, colour]) => [...document.querySelectorAll(plot + ' .mark-line path')]
+  .some(p => /L/.test(p.getAttribute('d') || '') && (!colour || p.getAttribute('stroke') === colour))"""
+"""A line of two points or more in the plot's SVG, in that colour (any colour when empty)."""
+
+
+def _live_view_of_a_finished_job(page) -> None:
+    """#19.3: samples of every step captioned, the loss and learning-rate plots, which commands apply, and
+    which step the downloads are from."""
+    from playwright.sync_api import expect
+
+    from app.train_view import LOSS_SERIES
+
+    wait_text(page, "#train-samples", r"step 2 · [\s\S]*step 4 · ", timeout_ms=30_000)  # step order, newest last
+    captions = page.locator("#train-samples .caption-label").all_inner_texts()
+    assert [c.split(" · ")[0] for c in captions] == ["step 2", "step 4"], captions  # one prompt a step
+    assert all(c.split(" · ")[1] for c in captions), "each caption names its prompt"
+    for colour in (LOSS_SERIES["training (raw)"], LOSS_SERIES["training (smoothed)"]):  # both lines drawn
+        page.wait_for_function(LINE_DRAWN, arg=["#train-loss", colour], timeout=30_000)
+    page.wait_for_function(LINE_DRAWN, arg=["#train-lr", ""], timeout=30_000)  # in its own plot, its own axis
+    assert "Learning rate" in page.locator("#train-lr").inner_text()
+    for button in ("#train-stop", "#train-force", "#train-resume"):  # a finished job takes none of them
+        expect(page.locator(button)).to_be_disabled(timeout=30_000)
+    wait_text(page, "#train-downloads-note", r"^Files from step 4 of 4\.\s+Published to the library as shapes\.$",
+              timeout_ms=30_000)
 
 
 def pick_job(page, job_id: str) -> None:

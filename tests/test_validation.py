@@ -209,7 +209,7 @@ def test_a_job_logs_validation_and_its_views_show_the_best_step(four_images, tmp
     assert any(p.endswith("val.best.safetensors") for p in job["outputs"])
     view = job_view(studio, job_id)
     frame = view["loss"]
-    assert sorted(set(frame["series"])) == ["training", "validation"]
+    assert sorted(set(frame["series"])) == ["training (raw)", "training (smoothed)", "validation"]
     assert list(frame[frame["series"] == "validation"]["step"]) == [4, 8]
     assert f"best step {best['step']}" in view["status"]
 

@@ -140,6 +140,16 @@ def latest_checkpoint(workdir: str | Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
+def newest_complete_step(workdir: str | Path) -> int | None:
+    """The step of the checkpoint a resume would continue from, found without removing anything (a view may
+    look while a run writes one); None when there is none. A run killed after a checkpoint's marker but before
+    its `checkpoint` event still resumes from it, so the folders are the truth, not the event log."""
+    root = checkpoints_dir(workdir)
+    steps = [int(match.group(1)) for entry in (root.iterdir() if root.is_dir() else ())
+             if (match := _STEP_DIR.match(entry.name)) and (entry / MARKER).is_file()]
+    return max(steps, default=None)
+
+
 def resolve_resume(resume_from: str | Path) -> Path | None:
     """A checkpoint folder as given, or the newest complete one under a run's workdir (None: start fresh)."""
     path = Path(resume_from)

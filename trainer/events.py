@@ -70,6 +70,8 @@ class SampleSaved(Event):
     kind: ClassVar[str] = "sample"
     step: int
     paths: list[str]
+    prompts: list[str] = field(default_factory=list)
+    """The prompt of each image, in the order of `paths` (the config's, or the dataset's first caption)."""
 
 
 @dataclass

@@ -375,7 +375,7 @@ def _samples(accelerator, base, config, examples, workdir, step, resolution, emi
     for module, mode in zip(modules, was_training, strict=True):
         module.train(mode)
     tracking.log_samples(accelerator, step, paths)
-    emit(SampleSaved(step=step, paths=[str(p) for p in paths]))
+    emit(SampleSaved(step=step, paths=[str(p) for p in paths], prompts=prompts))
 
 
 def _export(base, lora_configs, config, step, best_step=0, best_loss=None, as_best=False) -> list[Path]:
