@@ -1,0 +1,115 @@
+"""Does a LoRA visibly learn a style? The example dataset's LoRA at strengths 0, 0.5 and 1 on the tiny base.
+
+    python bench/style_lora.py                                   # trains the README's quick run first
+    python bench/style_lora.py --lora runs/shapes/shapes.safetensors --grid docs/strength-grid.png
+
+The style measure is the fraction of near-black pixels (trainer.models.judge.ink_fraction): the example
+dataset (tools/make_example_dataset.py) draws the base's vocabulary with black outlines, leading and a frame,
+which the base never draws. The dataset's own value is measured on its pictures as the VAE reconstructs them
+(the most any model on this VAE can draw). Reported: the measure at each strength, how far strength 1 moved
+from the base's value towards the dataset's (issue #15's target: at least half of the way), and whether the
+subject stays: the colour the prompt names is still the colour of the base image's object region.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from trainer.models.judge import OBJECT_DISTANCE, ink_fraction, largest_component, nearest_color  # noqa: E402
+
+EXAMPLE = ROOT / "datasets" / "example"
+PROMPTS = ["lsstyle, a big red circle on a yellow background, center",
+           "lsstyle, a big blue square on a white background, top left",
+           "lsstyle, a big green star on a pink background, bottom right"]
+QUICK_RUN = ["--data", str(EXAMPLE), "--steps", "300", "--save-every", "100", "--rank", "8", "--alpha", "8",
+             "--lr", "1e-4", "--name", "shapes"]
+"""The README's quick training run (its output folder is added)."""
+
+
+def train_quick_run(out: Path, extra: list[str]) -> Path:
+    subprocess.run([sys.executable, "-m", "trainer.cli", "train", *QUICK_RUN, *extra, "--output", str(out)],
+                   check=True, cwd=ROOT)
+    return out / "shapes.safetensors"
+
+
+@torch.no_grad()
+def dataset_ink(vae) -> float:
+    """The style measure of the example pictures after an encode -> decode round trip."""
+    values = []
+    for path in sorted(EXAMPLE.glob("*.png")):
+        array = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        x = torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1
+        recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+        values.append(ink_fraction(((recon[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()))
+    return float(np.mean(values))
+
+
+def object_color(image, region: np.ndarray) -> str:
+    return nearest_color(np.median(np.asarray(image.convert("RGB"), np.float32)[region], axis=0))
+
+
+def object_region(image) -> np.ndarray:
+    """The base image's object: the largest region far from the border's median colour (as the judge finds it)."""
+    pixels = np.asarray(image.convert("RGB"), np.float32)
+    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3)])
+    mask = np.sqrt(((pixels - np.median(border, axis=0)) ** 2).sum(-1)) > OBJECT_DISTANCE
+    return largest_component(mask)
+
+
+def measure(pool, name: str, prompts: list[str], seeds: int, strengths=(0.0, 0.5, 1.0)) -> dict:
+    ink = {s: [] for s in strengths}
+    kept = total = 0
+    for prompt in prompts:
+        wanted = prompt.split(" a big ")[1].split()[0]
+        for seed in range(seeds):
+            images = {s: pool.generate(prompt, seed=seed, strengths={name: s} if s else {})[0] for s in strengths}
+            for s, image in images.items():
+                ink[s].append(ink_fraction(image))
+            region = object_region(images[0.0])
+            if region.sum() >= 30:
+                total += 1
+                kept += object_color(images[strengths[-1]], region) == wanted
+    return {"ink": {str(s): float(np.mean(v)) for s, v in ink.items()},
+            "subject_colour_kept": kept / max(total, 1), "judged": total}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from trainer.generate.pool import AdapterPool
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lora", help="a trained LoRA; without it the README's quick run is trained first")
+    parser.add_argument("--base-model", default="tiny")
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--grid", help="write a strength grid (0, 0.5, 1) of the prompts here")
+    parser.add_argument("--train-args", default="", help="extra flags for the quick run, e.g. '--lr 3e-4'")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        lora = Path(args.lora) if args.lora else train_quick_run(Path(scratch) / "run", args.train_args.split())
+        pool = AdapterPool(args.base_model, device="cpu")
+        pool.load("shapes", lora)
+        result = measure(pool, "shapes", PROMPTS, args.seeds)
+        result["ink"]["dataset"] = dataset_ink(pool.pipe.vae)
+        base, styled, target = result["ink"]["0.0"], result["ink"]["1.0"], result["ink"]["dataset"]
+        result["moved_at_strength_1"] = (styled - base) / (target - base) if target != base else 0.0
+        if args.grid:
+            grid = pool.grid(PROMPTS, strengths=(0.0, 0.5, 1.0), seed=0, loras=["shapes"])
+            Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+            grid.save(args.grid)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
