@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from trainer.config import load_config
 from trainer.generate import AdapterPool, render
 from trainer.loop import train
-from trainer.models.tiny import build_tiny_pipeline
+from trainer.models.tiny import load_tiny_pipeline
 
 FAMILIES = {"tiny": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 CASES = [(model, te) for model in FAMILIES for te in (False, True)]
@@ -56,11 +56,11 @@ def _pool(pools, model: str) -> AdapterPool:
 def test_the_pool_previews_both_files_as_a_fresh_diffusers_pipeline_does(run, pools):
     model, text_encoder, _, result = run
     kohya, peft = result.outputs[:2]
-    base = render(build_tiny_pipeline(FAMILIES[model]), PROMPT, **VIEW)[0]
+    base = render(load_tiny_pipeline(model), PROMPT, **VIEW)[0]
     pool = _pool(pools, model)
     np.testing.assert_allclose(pool.generate(PROMPT, strengths={}, **VIEW)[0], base, atol=1e-6)
     for index, path in enumerate((kohya, peft)):
-        pipe = build_tiny_pipeline(FAMILIES[model])
+        pipe = load_tiny_pipeline(model)
         pipe.set_progress_bar_config(disable=True)
         pipe.load_lora_weights(str(path), adapter_name="trained")
         expected = render(pipe, PROMPT, **VIEW)[0]

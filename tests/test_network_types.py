@@ -22,7 +22,7 @@ from trainer.generate.lorafile import read_lora_file
 from trainer.loop import train
 from trainer.lycoris_export import plain_lora_from_adalora, split_key
 from trainer.models.families import family_for_pipeline
-from trainer.models.tiny import build_tiny_pipeline
+from trainer.models.tiny import build_tiny_pipeline, load_tiny_pipeline
 from trainer.network import add_lora
 from trainer.network_types import ADAPTER
 
@@ -73,7 +73,7 @@ def loader_delta(tensors: dict[str, torch.Tensor], stem: str, shape) -> torch.Te
 
 def _peft_pipeline(family: str, network: NetworkConfig, peft_file):
     """A fresh tiny pipeline with the run's adapter type attached and its trained tensors loaded."""
-    pipe = build_tiny_pipeline(family)
+    pipe = load_tiny_pipeline(FAMILIES[family])
     base = types.SimpleNamespace(pipe=pipe, family=family_for_pipeline(pipe))
     add_lora(base, network, total_steps=4)
     saved = load_file(str(peft_file))
@@ -138,7 +138,7 @@ def test_adalora_kohya_file_loads_in_diffusers_like_its_peft_file(full_run):
     _, result = full_run("adalora", family)
     images = []
     for path in result.outputs[:2]:
-        pipe = build_tiny_pipeline(family)
+        pipe = load_tiny_pipeline(FAMILIES[family])
         pipe.load_lora_weights(str(path), adapter_name="trained")
         generator = torch.Generator().manual_seed(0)
         images.append(pipe("a circle", num_inference_steps=2, width=64, height=64, generator=generator,
@@ -219,7 +219,7 @@ QUICK = dict(steps=1, guidance=1.0, width=64, height=64, output_type="latent")
 
 def _merged_like_the_loaders(family: str, kohya_file, strength: float):
     """A fresh pipeline with the kohya/LyCORIS file's deltas added to its weights, as A1111 and ComfyUI do."""
-    pipe = build_tiny_pipeline(family)
+    pipe = load_tiny_pipeline(FAMILIES[family])
     base = types.SimpleNamespace(pipe=pipe, family=family_for_pipeline(pipe))
     kohya = load_file(str(kohya_file))
     with torch.no_grad():
@@ -237,7 +237,7 @@ def test_the_pool_previews_loha_and_lokr_as_the_loaders_apply_them(full_run, net
 
     _, result = full_run(network_type, family)
     kohya_file, peft_file = result.outputs[:2]
-    base = render(build_tiny_pipeline(family), "a red fox", seed=3, **QUICK)[0].numpy()
+    base = render(load_tiny_pipeline(FAMILIES[family]), "a red fox", seed=3, **QUICK)[0].numpy()
     pool = AdapterPool(FAMILIES[family])
     report = pool.load("knit", peft_file)
     assert report.format == f"peft-{network_type}" and report.rank == 4 and report.layers > 0
@@ -250,7 +250,7 @@ def test_the_pool_previews_loha_and_lokr_as_the_loaders_apply_them(full_run, net
     for strength, got in ((1.0, full), (0.5, half)):
         want = render(_merged_like_the_loaders(family, kohya_file, strength), "a red fox", seed=3, **QUICK)
         assert abs(got - want[0].numpy()).max() < 1e-4, strength
-    assert abs(full - base).max() > 1e-3 and abs(half - full).max() > 1e-3
+    assert abs(full - base).max() > 1e-4 and abs(half - full).max() > 1e-4  # 0 if the file did nothing
     assert abs(image({"knit": 1.0}, fuse=True) - full).max() < 1e-4
     if family == "sd15":  # one thread rounds SDXL's untouched proj_in differently once memory moves
         assert (image({"knit": 0.0}) == base).all() and (image({}) == base).all()

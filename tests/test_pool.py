@@ -38,14 +38,17 @@ def image(pool, strengths, prompt="a red fox", seed=3):
     return pool.generate(prompt, seed=seed, strengths=strengths, **QUICK)[0].numpy()
 
 
-def test_strength_zero_is_exactly_the_base_image(pool, tiny_pipe):
-    base = render(tiny_pipe, "a red fox", seed=3, **QUICK)[0].numpy()  # a pipeline that never saw a LoRA
+def test_strength_zero_is_exactly_the_base_image(pool):
+    from trainer.models.tiny import load_tiny_pipeline
+
+    fresh = load_tiny_pipeline("tiny")  # a pipeline that never saw a LoRA
+    base = render(fresh, "a red fox", seed=3, **QUICK)[0].numpy()
     assert np.array_equal(image(pool, {}), base)
     assert np.array_equal(image(pool, {"a": 0.0}), base)
     assert np.array_equal(image(pool, {"a": 0.0, "b": 0.0, "te": 0.0}), base)
     assert np.abs(image(pool, {"a": 1.0}) - base).max() > 0.01
     as_png = pool.generate("a red fox", seed=3, strengths={"a": 0.0}, steps=1, guidance=1.0, width=64, height=64)
-    plain = render(tiny_pipe, "a red fox", seed=3, steps=1, guidance=1.0, width=64, height=64)
+    plain = render(fresh, "a red fox", seed=3, steps=1, guidance=1.0, width=64, height=64)
     assert as_png[0].tobytes() == plain[0].tobytes()
 
 

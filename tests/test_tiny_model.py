@@ -40,7 +40,9 @@ def test_cli_writes_a_folder_that_diffusers_loads_and_trains_on(tmp_path, exampl
     folder = tmp_path / "tiny"
     subprocess.run([sys.executable, "-m", "trainer.cli", "tiny-model", str(folder)], check=True, timeout=300)
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
-    assert weights_hash(pipe) == EXPECTED_SD15_HASH
+    from trainer.models.tiny import load_tiny_pipeline
+
+    assert weights_hash(pipe) == weights_hash(load_tiny_pipeline("tiny"))  # the pretrained base (--random: not)
     out = tmp_path / "out"
     subprocess.run([sys.executable, "-m", "trainer.cli", "train", "--base-model", str(folder), "--data",
                     str(example_dataset), "--steps", "2", "--resolution", "64", "--output", str(out)],
@@ -70,3 +72,39 @@ def test_pretrained_weights_round_trip_and_a_wrong_hash_is_refused(tmp_path, tin
         load_pretrained_weights(build_tiny_pipeline("tiny-random"), path, "0" * 64)
     with pytest.raises(ModelError, match="tiny-random"):
         load_pretrained_weights(build_tiny_pipeline("tiny-random"), tmp_path / "absent.safetensors")
+
+
+def test_tiny_is_the_shipped_pretrained_base_and_tiny_random_stays_random(tiny_pipe):
+    from trainer.models.tiny import PRETRAINED_FILE, load_tiny_pipeline
+
+    assert PRETRAINED_FILE.stat().st_size < 20e6  # fp16, inside the package
+    pretrained = load_tiny_pipeline("tiny")
+    assert weights_hash(load_tiny_pipeline("tiny-random")) == EXPECTED_SD15_HASH
+    assert weights_hash(pretrained) != EXPECTED_SD15_HASH
+    assert pretrained.vae.config.norm_num_groups == 4 and pretrained.vae.config.scaling_factor != 0.18215
+    assert sorted(pretrained.unet.state_dict()) == sorted(tiny_pipe.unet.state_dict())  # same keys, same model
+
+
+def test_a_damaged_pretrained_file_is_refused_by_its_hash(tmp_path):
+    import pytest
+
+    from trainer.errors import ModelError
+    from trainer.models.tiny import PRETRAINED_FILE, PRETRAINED_SHA256, load_pretrained_weights
+
+    damaged = tmp_path / "tiny.safetensors"
+    data = bytearray(PRETRAINED_FILE.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="pinned SHA-256"):
+        load_pretrained_weights(build_tiny_pipeline("sd15"), damaged, PRETRAINED_SHA256)
+
+
+def test_the_pretrained_base_draws_the_colours_it_is_told():
+    from trainer.generate.render import render
+    from trainer.models.judge import judge
+    from trainer.models.tiny import load_tiny_pipeline
+
+    pipe = load_tiny_pipeline("tiny")
+    for color, background in (("red", "blue"), ("yellow", "black"), ("green", "white")):
+        verdict = judge(render(pipe, f"a big {color} circle on a {background} background, center", seed=0)[0])
+        assert (verdict.color, verdict.background) == (color, background), verdict

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tests.helpers import eval_loss, image_array, lora_modules
 from trainer.export import read_lora_metadata
 from trainer.loop import train
-from trainer.models.tiny import build_tiny_pipeline
+from trainer.models.tiny import load_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def overfit_run(tmp_path_factory, example_dataset):
 
 def test_overfitting_lowers_the_loss_clearly(overfit_run):
     _, result, image, caption = overfit_run
-    base = build_tiny_pipeline()
+    base = load_tiny_pipeline("tiny")
     before = eval_loss(base, image, caption)
     base.load_lora_weights(str(result.outputs[1]), adapter_name="trained")
     after = eval_loss(base, image, caption)
@@ -52,7 +52,7 @@ def test_lora_weights_changed_from_their_initialisation(overfit_run):
 @pytest.mark.parametrize("which", [0, 1], ids=["kohya", "peft"])
 def test_file_loads_in_a_fresh_pipeline_and_wraps_every_attention_projection(overfit_run, which):
     _, result, _, caption = overfit_run
-    pipe = build_tiny_pipeline()
+    pipe = load_tiny_pipeline("tiny")
     base_image = image_array(pipe, caption)
     pipe.load_lora_weights(str(result.outputs[which]), adapter_name="trained")
     wrapped = lora_modules(pipe.unet, "trained")
@@ -66,7 +66,7 @@ def test_both_files_give_the_same_image(overfit_run):
     _, result, _, caption = overfit_run
     images = []
     for path in result.outputs[:2]:
-        pipe = build_tiny_pipeline()
+        pipe = load_tiny_pipeline("tiny")
         pipe.load_lora_weights(str(path), adapter_name="trained")
         images.append(image_array(pipe, caption))
     np.testing.assert_allclose(images[0], images[1], atol=1e-5)
@@ -74,7 +74,7 @@ def test_both_files_give_the_same_image(overfit_run):
 
 def test_strength_zero_is_exactly_the_base_image(overfit_run):
     _, result, _, caption = overfit_run
-    pipe = build_tiny_pipeline()
+    pipe = load_tiny_pipeline("tiny")
     base_image = image_array(pipe, caption)
     pipe.load_lora_weights(str(result.outputs[0]), adapter_name="trained")
     pipe.set_adapters(["trained"], adapter_weights=[0.0])

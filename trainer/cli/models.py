@@ -20,11 +20,13 @@ def register(subparsers) -> None:
                                         "StableDiffusionXLPipeline.from_pretrained loads it)")
     parser.add_argument("--family", choices=sorted(TINY_RESOLUTION), default="sd15",
                         help="model family (default: sd15)")
+    parser.add_argument("--random", action="store_true",
+                        help="sd15: the seeded random weights (tiny-random) instead of the pretrained ones that draw")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer.models.tiny import save_tiny_model
 
-    print(save_tiny_model(args.family, args.out_dir))
+    print(save_tiny_model(args.family, args.out_dir, random_weights=args.random))
     return 0

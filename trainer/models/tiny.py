@@ -24,11 +24,12 @@ from pathlib import Path
 # below without paying for it.
 
 TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-random": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
-# Names whose weights are the pretrained ones shipped in assets/ (trainer/models/pretrain.py made them); every
-# other tiny name is the seeded random model, for tests that need the exact structure only.
-PRETRAINED = {}
+# Names whose weights are the pretrained ones shipped in assets/ (tools/pretrain_tiny.py made them: the tiny SD 1.x
+# model trained to draw the shapes vocabulary, trainer/models/shapes.py); every other tiny name is the seeded
+# random model, for tests that need the exact structure only.
+PRETRAINED = frozenset({"tiny", "tiny-sd15"})
 PRETRAINED_FILE = Path(__file__).parent / "assets" / "tiny-sd15-shapes.safetensors"
-PRETRAINED_SHA256 = ""
+PRETRAINED_SHA256 = "7bc4987c3d1802d52d8fb4728a85145dc9a63273e3a0814d50e333d388908a3d"
 """SHA-256 of PRETRAINED_FILE; a file that does not match is refused."""
 TINY_RESOLUTION = {"sd15": 128, "sd2": 128, "sdxl": 128}
 TINY_SEED = 20241122
@@ -288,10 +289,13 @@ def _build_sdxl():
     )
 
 
-def save_tiny_model(family: str, out_dir: str | Path) -> Path:
-    """Write the tiny pipeline as a diffusers folder (safetensors weights)."""
+def save_tiny_model(family: str, out_dir: str | Path, random_weights: bool = False) -> Path:
+    """Write the tiny pipeline as a diffusers folder (safetensors weights): SD 1.x with the shipped pretrained
+    weights unless `random_weights`, the other families with their seeded random ones."""
     out_dir = Path(out_dir)
-    build_tiny_pipeline(family).save_pretrained(out_dir, safe_serialization=True)
+    family = TINY_NAMES.get(family, family)
+    pipe = load_tiny_pipeline("tiny") if family == "sd15" and not random_weights else build_tiny_pipeline(family)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
 
