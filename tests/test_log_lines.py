@@ -59,7 +59,7 @@ def test_a_real_jobs_log_has_readable_lines_and_no_library_notices(tmp_path, mon
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = load_config(None, {"data.path": str(ROOT / "datasets" / "example"), "data.resolution": 64,
                                 "network.rank": 4, "train.steps": 2, "export.name": "logged",
-                                "export.dtype": "float32"})
+                                "export.dtype": "float32", "sample.every_n_steps": 2, "sample.steps": 2})
     sup = Supervisor(tmp_path / "home")
     job_id = sup.submit(config)
     deadline = time.monotonic() + 280
@@ -70,5 +70,5 @@ def test_a_real_jobs_log_has_readable_lines_and_no_library_notices(tmp_path, mon
     assert "training 2 steps on cpu (float32), from scratch; 12 images" in log
     assert re.search(r"^step 2/2 · loss [0-9.e-]+ · .* it/s · ETA 0:00$", log, re.M), log
     assert re.search(r"^finished at step 2; wrote logged\.safetensors, logged\.peft\.safetensors", log, re.M), log
-    for notice in ("requires torchvision", "kernels-community", "{'"):
+    for notice in ("requires torchvision", "kernels-community", "{'", "should be kept in float32"):
         assert notice not in log, log
