@@ -143,6 +143,9 @@ def _train_form(page, url: str) -> None:
     wait_value(page, "field-export-name", "^shapes$")
     pick(page, "train-dataset", "circles")  # a name taken from a dataset follows the next one
     wait_value(page, "field-export-name", "^circles$")
+    # picking answers twice (the dropdown's focus and its change event): let the second reply land before
+    # typing, or it puts "circles" back over the typed name (as it would for a person typing within a second)
+    page.wait_for_timeout(1500)
     name.fill("my-lora")
     pick(page, "train-dataset", "shapes")  # a typed name stays
     page.wait_for_timeout(1000)
