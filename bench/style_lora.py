@@ -27,7 +27,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.models.judge import OBJECT_DISTANCE, ink_fraction, largest_component, nearest_color  # noqa: E402
+from trainer.models.judge import ink_fraction, nearest_color, object_region  # noqa: E402
 
 EXAMPLE = ROOT / "datasets" / "example"
 PROMPTS = ["lsstyle, a big red circle on a yellow background, center",
@@ -60,14 +60,6 @@ def object_color(image, region: np.ndarray) -> str:
     return nearest_color(np.median(np.asarray(image.convert("RGB"), np.float32)[region], axis=0))
 
 
-def object_region(image) -> np.ndarray:
-    """The base image's object: the largest region far from the border's median colour (as the judge finds it)."""
-    pixels = np.asarray(image.convert("RGB"), np.float32)
-    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3)])
-    mask = np.sqrt(((pixels - np.median(border, axis=0)) ** 2).sum(-1)) > OBJECT_DISTANCE
-    return largest_component(mask)
-
-
 def measure(pool, name: str, prompts: list[str], seeds: int, strengths=(0.0, 0.5, 1.0)) -> dict:
     ink = {s: [] for s in strengths}
     kept = total = 0
@@ -77,7 +69,7 @@ def measure(pool, name: str, prompts: list[str], seeds: int, strengths=(0.0, 0.5
             images = {s: pool.generate(prompt, seed=seed, strengths={name: s} if s else {})[0] for s in strengths}
             for s, image in images.items():
                 ink[s].append(ink_fraction(image))
-            region = object_region(images[0.0])
+            region = object_region(images[0.0])[1]  # the base image's object
             if region.sum() >= 30:
                 total += 1
                 kept += object_color(images[strengths[-1]], region) == wanted

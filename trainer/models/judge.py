@@ -41,18 +41,28 @@ def nearest_color(rgb) -> str:
 
 def judge(image) -> Verdict:
     """Judge a PIL image (or an H x W x 3 uint8 array) holding one object on a background."""
-    pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32)
-    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3),
-                             pixels[:, :3].reshape(-1, 3), pixels[:, -3:].reshape(-1, 3)])
-    background = np.median(border, axis=0)
-    mask = np.sqrt(((pixels - background) ** 2).sum(-1)) > OBJECT_DISTANCE
-    region = largest_component(mask)
+    pixels = _pixels(image)
+    background, region = object_region(pixels)
     area = int(region.sum())
     if area < 30:
         return Verdict(None, None, nearest_color(background))
     color = nearest_color(np.median(pixels[region], axis=0))
     fill, solidity = shape_measures(region)
     return Verdict(color, classify_shape(fill, solidity), nearest_color(background), fill, solidity, area)
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.float32)
+
+
+def object_region(image) -> tuple[np.ndarray, np.ndarray]:
+    """(background colour, boolean mask of the object): the border's median colour, and the largest connected
+    region of pixels far from it."""
+    pixels = _pixels(image)
+    border = np.concatenate([pixels[:3].reshape(-1, 3), pixels[-3:].reshape(-1, 3),
+                             pixels[:, :3].reshape(-1, 3), pixels[:, -3:].reshape(-1, 3)])
+    background = np.median(border, axis=0)
+    return background, largest_component(np.sqrt(((pixels - background) ** 2).sum(-1)) > OBJECT_DISTANCE)
 
 
 def classify_shape(fill: float, solidity: float) -> str:

@@ -6,7 +6,8 @@
 Trained from random weights on a 2-core CPU, the tiny VAE stays near 15 dB after an hour: most of its
 time goes to discovering that a latent should carry the colours at all. This sets weights (same keys and
 shapes, nothing added) so that the encoder computes, per 8 x 8 block, the mean of R, G, B and the
-luminance, and the decoder upsamples them back (nearest); pretraining then only fine-tunes the decoder.
+luminance, and the decoder upsamples them back (nearest); pretraining keeps it as it is (fine-tuning the
+decoder from here did not raise its PSNR: bench/RESULTS.md).
 
 How the layers are made to pass values through unchanged:
 - every residual block's last conv and every attention's output projection are zero, so the blocks are
@@ -102,6 +103,17 @@ def _read_out(conv, per_group: int, outputs: int) -> None:
         conv.weight[k, k * per_group + 1, 1, 1] = -0.5
 
 
+def _signal_path(blocks, norm_out, what: str) -> int:
+    """Wire the two width-changing residual blocks' shortcuts (carry, then lay out in groups); the group size."""
+    shortcuts = [r.conv_shortcut for b in blocks for r in b.resnets if r.conv_shortcut is not None]
+    if len(shortcuts) != 2:
+        raise ValueError(f"block_mean_init expects the tiny VAE's two {what} blocks")
+    _carry(shortcuts[0], SIGNALS + 1)
+    per_group = norm_out.num_channels // SIGNALS
+    _layout(shortcuts[1], per_group)
+    return per_group
+
+
 def _encoder(encoder) -> None:
     conv_in = encoder.conv_in
     conv_in.weight.zero_()
@@ -110,20 +122,15 @@ def _encoder(encoder) -> None:
         conv_in.weight[c, c, 1, 1] = 1.0
         conv_in.weight[3, c, 1, 1] = 1.0 / 3  # luminance, the fourth latent channel
     conv_in.bias[SIGNALS] = LEVEL
-    shortcuts = [r.conv_shortcut for b in encoder.down_blocks for r in b.resnets if r.conv_shortcut is not None]
-    if len(shortcuts) != 2:
-        raise ValueError("block_mean_init expects the tiny VAE's two widening encoder blocks")
-    _carry(shortcuts[0], SIGNALS + 1)
-    width = encoder.conv_norm_out.num_channels
-    _layout(shortcuts[1], width // SIGNALS)
+    per_group = _signal_path(encoder.down_blocks, encoder.conv_norm_out, "widening encoder")
     for block in encoder.down_blocks:
         for down in block.downsamplers or []:
             down.conv.weight.zero_()
             down.conv.bias.zero_()
             for c in range(down.conv.weight.shape[0]):
                 down.conv.weight[c, c, :2, :2] = 0.25  # the mean of the 2 x 2 block
-    _norm_out(encoder.conv_norm_out, width // SIGNALS)
-    _read_out(encoder.conv_out, width // SIGNALS, SIGNALS)
+    _norm_out(encoder.conv_norm_out, per_group)
+    _read_out(encoder.conv_out, per_group, SIGNALS)
     encoder.conv_out.bias[SIGNALS:] = -10.0  # log-variance
 
 
@@ -131,15 +138,10 @@ def _decoder(decoder) -> None:
     _eye(decoder.conv_in.weight, SIGNALS)
     decoder.conv_in.bias.zero_()
     decoder.conv_in.bias[SIGNALS] = LEVEL
-    shortcuts = [r.conv_shortcut for b in decoder.up_blocks for r in b.resnets if r.conv_shortcut is not None]
-    if len(shortcuts) != 2:
-        raise ValueError("block_mean_init expects the tiny VAE's two narrowing decoder blocks")
-    _carry(shortcuts[0], SIGNALS + 1)
-    width = decoder.conv_norm_out.num_channels
-    _layout(shortcuts[1], width // SIGNALS)
+    per_group = _signal_path(decoder.up_blocks, decoder.conv_norm_out, "narrowing decoder")
     for block in decoder.up_blocks:
         for up in block.upsamplers or []:
             _eye(up.conv.weight, up.conv.weight.shape[0])
             up.conv.bias.zero_()
-    _norm_out(decoder.conv_norm_out, width // SIGNALS)
-    _read_out(decoder.conv_out, width // SIGNALS, 3)
+    _norm_out(decoder.conv_norm_out, per_group)
+    _read_out(decoder.conv_out, per_group, 3)
