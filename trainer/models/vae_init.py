@@ -3,7 +3,7 @@
     vae = regroup_vae(build_tiny_pipeline("sd15").vae, 4)
     block_mean_init(vae)          # encode -> decode now reconstructs at about 25 dB PSNR, untrained
 
-Trained from random weights on a 2-core CPU, the tiny VAE stays near 15 dB after an hour: most of its
+Trained from random weights on a 2-core CPU, the tiny VAE reached 15 dB after 600 steps (9 minutes): most of its
 time goes to discovering that a latent should carry the colours at all. This sets weights (same keys and
 shapes, nothing added) so that the encoder computes, per 8 x 8 block, the mean of R, G, B and the
 luminance, and the decoder upsamples them back (nearest); pretraining keeps it as it is (fine-tuning the
