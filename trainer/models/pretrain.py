@@ -44,7 +44,7 @@ class PretrainConfig:
     """GroupNorm groups of the VAE (a setting, not a weight: every key and shape stays). The random model's 16
     groups put one channel in each group of the decoder's 16-channel last stage; the constructed VAE needs
     groups of [x, -x, LEVEL, -LEVEL] (trainer.models.vae_init), which 4 groups give."""
-    unet_steps: int = 1600
+    unet_steps: int = 2400
     unet_batch: int = 64
     unet_lr: float = 1.5e-3
     pictures: int = 2000

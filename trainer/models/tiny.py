@@ -29,7 +29,7 @@ TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-random": "sd15", "tiny-
 # random model, for tests that need the exact structure only.
 PRETRAINED = frozenset({"tiny", "tiny-sd15"})
 PRETRAINED_FILE = Path(__file__).parent / "assets" / "tiny-sd15-shapes.safetensors"
-PRETRAINED_SHA256 = "7bc4987c3d1802d52d8fb4728a85145dc9a63273e3a0814d50e333d388908a3d"
+PRETRAINED_SHA256 = "72d9e77cf6da7a8499ca562fab6dcd8ee523edccd63d4c11da12aeac23bfc621"
 """SHA-256 of PRETRAINED_FILE; a file that does not match is refused."""
 TINY_RESOLUTION = {"sd15": 128, "sd2": 128, "sdxl": 128}
 TINY_SEED = 20241122
