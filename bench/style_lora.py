@@ -3,12 +3,12 @@
     python bench/style_lora.py                                   # trains the README's quick run first
     python bench/style_lora.py --lora runs/shapes/shapes.safetensors --grid docs/strength-grid.png
 
-The style measure is the fraction of near-black pixels (trainer.models.judge.ink_fraction): the example
-dataset (tools/make_example_dataset.py) draws the base's vocabulary with black outlines, leading and a frame,
-which the base never draws. The dataset's own value is measured on its pictures as the VAE reconstructs them
-(the most any model on this VAE can draw). Reported: the measure at each strength, how far strength 1 moved
-from the base's value towards the dataset's (issue #15's target: at least half of the way), and whether the
-subject stays: the colour the prompt names is still the colour of the base image's object region.
+The style measure is the distance to the sepia palette (trainer.models.palette.sepia_distance): the example
+dataset (tools/make_example_dataset.py) draws the base's vocabulary in sepia, which the base never draws. The
+dataset's own value is measured on its pictures as the VAE reconstructs them (the most any model on this VAE
+can draw). Reported: the measure at each strength, how far strength 1 moved from the base's value towards the
+dataset's (issue #15's target: at least half of the way), and whether the subject stays: the object region of
+the image at strength 1 overlaps the base image's (intersection over union, and how many reach 0.5).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.models.judge import ink_fraction, nearest_color, object_region  # noqa: E402
+from trainer.models.judge import object_region  # noqa: E402
+from trainer.models.palette import sepia_distance  # noqa: E402
 
 EXAMPLE = ROOT / "datasets" / "example"
-PROMPTS = ["lsstyle, a big red circle on a yellow background, center",
-           "lsstyle, a big blue square on a white background, top left",
-           "lsstyle, a big green star on a pink background, bottom right"]
+PROMPTS = ["a big red circle on a yellow background, center, sepia, lsstyle",
+           "a big blue square on a white background, top left, sepia, lsstyle",
+           "a big green star on a pink background, bottom right, sepia, lsstyle"]
 QUICK_RUN = ["--data", str(EXAMPLE), "--steps", "300", "--save-every", "100", "--rank", "8", "--alpha", "8",
-             "--lr", "1e-4", "--name", "shapes"]
+             "--lr", "1e-3", "--name", "shapes"]
 """The README's quick training run (its output folder is added)."""
 
 
@@ -45,36 +46,35 @@ def train_quick_run(out: Path, extra: list[str]) -> Path:
 
 
 @torch.no_grad()
-def dataset_ink(vae) -> float:
+def dataset_style(vae) -> float:
     """The style measure of the example pictures after an encode -> decode round trip."""
     values = []
     for path in sorted(EXAMPLE.glob("*.png")):
         array = np.asarray(Image.open(path).convert("RGB"), np.float32)
         x = torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1
         recon = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-        values.append(ink_fraction(((recon[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()))
+        values.append(sepia_distance(((recon[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()))
     return float(np.mean(values))
 
 
-def object_color(image, region: np.ndarray) -> str:
-    return nearest_color(np.median(np.asarray(image.convert("RGB"), np.float32)[region], axis=0))
+def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two object masks."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 def measure(pool, name: str, prompts: list[str], seeds: int, strengths=(0.0, 0.5, 1.0)) -> dict:
-    ink = {s: [] for s in strengths}
-    kept = total = 0
+    style = {s: [] for s in strengths}
+    overlaps = []
     for prompt in prompts:
-        wanted = prompt.split(" a big ")[1].split()[0]
         for seed in range(seeds):
             images = {s: pool.generate(prompt, seed=seed, strengths={name: s} if s else {})[0] for s in strengths}
             for s, image in images.items():
-                ink[s].append(ink_fraction(image))
-            region = object_region(images[0.0])[1]  # the base image's object
-            if region.sum() >= 30:
-                total += 1
-                kept += object_color(images[strengths[-1]], region) == wanted
-    return {"ink": {str(s): float(np.mean(v)) for s, v in ink.items()},
-            "subject_colour_kept": kept / max(total, 1), "judged": total}
+                style[s].append(sepia_distance(image))
+            overlaps.append(overlap(object_region(images[0.0])[1], object_region(images[strengths[-1]])[1]))
+    return {"sepia_distance": {str(s): float(np.mean(v)) for s, v in style.items()},
+            "subject_overlap": float(np.mean(overlaps)),
+            "subject_kept": sum(o >= 0.5 for o in overlaps) / len(overlaps)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
         pool = AdapterPool(args.base_model, device="cpu")
         pool.load("shapes", lora)
         result = measure(pool, "shapes", PROMPTS, args.seeds)
-        result["ink"]["dataset"] = dataset_ink(pool.pipe.vae)
-        base, styled, target = result["ink"]["0.0"], result["ink"]["1.0"], result["ink"]["dataset"]
+        result["sepia_distance"]["dataset"] = dataset_style(pool.pipe.vae)
+        distances = result["sepia_distance"]
+        base, styled, target = distances["0.0"], distances["1.0"], distances["dataset"]
         result["moved_at_strength_1"] = (styled - base) / (target - base) if target != base else 0.0
         if args.grid:
             grid = pool.grid(PROMPTS, strengths=(0.0, 0.5, 1.0), seed=0, loras=["shapes"])
