@@ -21,7 +21,7 @@ from trainer.models.tiny import load_tiny_pipeline
 
 FAMILIES = {"tiny": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
 CASES = [(model, te) for model in FAMILIES for te in (False, True)]
-PROMPT = "lsstyle, a yellow circle on an orange background"
+PROMPT = "a yellow circle on an orange background, sepia, lsstyle"  # the example captions' order
 VIEW = dict(seed=3, steps=2, guidance=1.0, width=64, height=64, output_type="np")
 TOLERANCE = 0.05
 """The pool may differ from diffusers by at most this fraction of the LoRA's own effect (measured: ~1e-6)."""
@@ -31,7 +31,9 @@ def _config(data, out, model: str, text_encoder: bool):
     return load_config(None, {
         "model.base_model": model, "data.path": str(data), "data.resolution": 64, "train.steps": 3,
         "network.rank": 4, "network.alpha": 4.0, "optim.learning_rate": 5e-2, "export.output_dir": str(out),
-        "export.dtype": "float32", "network.train_text_encoder": text_encoder, "optim.text_encoder_lr": 5e-2})
+        "export.dtype": "float32", "network.train_text_encoder": text_encoder, "optim.text_encoder_lr": 1e-1})
+    # The text encoders learn at twice the UNet's rate: with the sepia captions at 5e-2, tiny-sd2's text-encoder half
+    # moved the image by only 9 % of the whole LoRA's effect, under _assert_text_encoders_matter's 10 %.
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{'te' if te else 'unet'}" for m, te in CASES])
@@ -87,7 +89,7 @@ def _assert_text_encoders_matter(pipe, expected, effect, path) -> None:
         if getattr(pipe, name, None) is not None:
             disable_lora_for_text_encoder(getattr(pipe, name))
     unet_only = render(pipe, PROMPT, **VIEW)[0]
-    assert np.abs(unet_only - expected).mean() > 2 * TOLERANCE * effect, path.name  # measured: >= 17%
+    assert np.abs(unet_only - expected).mean() > 2 * TOLERANCE * effect, path.name
 
 
 def test_stop_then_resume_matches_the_uninterrupted_run(run, two_images):
