@@ -28,12 +28,12 @@ TOLERANCE = 0.05
 
 
 def _config(data, out, model: str, text_encoder: bool):
+    # The text encoders learn at twice the UNet's rate: with the sepia captions at 5e-2, tiny-sd2's text-encoder half
+    # moved the image by only 9 % of the whole LoRA's effect, under _assert_text_encoders_matter's 10 %.
     return load_config(None, {
         "model.base_model": model, "data.path": str(data), "data.resolution": 64, "train.steps": 3,
         "network.rank": 4, "network.alpha": 4.0, "optim.learning_rate": 5e-2, "export.output_dir": str(out),
         "export.dtype": "float32", "network.train_text_encoder": text_encoder, "optim.text_encoder_lr": 1e-1})
-    # The text encoders learn at twice the UNet's rate: with the sepia captions at 5e-2, tiny-sd2's text-encoder half
-    # moved the image by only 9 % of the whole LoRA's effect, under _assert_text_encoders_matter's 10 %.
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{'te' if te else 'unet'}" for m, te in CASES])
