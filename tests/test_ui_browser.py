@@ -76,6 +76,7 @@ def start_training(page, name: str, steps: str, sample_every: str | None = None)
     wait_text(page, "#train-preset-help", "^Quick test:")  # the preset's values land with it, not over ours
     pick(page, "train-dataset", "shapes")
     wait_value(page, "field-export-name", "^(?!lora$)")  # the name taken from the dataset lands before we type
+    page.wait_for_timeout(1500)  # and the pick's second reply too, or it puts the dataset's name over ours
     page.locator("#field-export-name textarea, #field-export-name input").first.fill(name)
     set_number(page, "field-train-steps", steps)
     pick(page, "field-data-resolution", "64")
