@@ -77,6 +77,12 @@ def measure(pool, name: str, prompts: list[str], seeds: int, strengths=(0.0, 0.5
             "subject_kept": sum(o >= 0.5 for o in overlaps) / len(overlaps)}
 
 
+def moved_at_strength_1(distances: dict[str, float]) -> float:
+    """How far strength 1 moved the measure from the base's value (strength 0) towards the dataset's: 0 to 1."""
+    base, target = distances["0.0"], distances["dataset"]
+    return (distances["1.0"] - base) / (target - base) if target != base else 0.0
+
+
 def main(argv: list[str] | None = None) -> dict:
     from trainer.generate.pool import AdapterPool
 
@@ -93,9 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         pool.load("shapes", lora)
         result = measure(pool, "shapes", PROMPTS, args.seeds)
         result["sepia_distance"]["dataset"] = dataset_style(pool.pipe.vae)
-        distances = result["sepia_distance"]
-        base, styled, target = distances["0.0"], distances["1.0"], distances["dataset"]
-        result["moved_at_strength_1"] = (styled - base) / (target - base) if target != base else 0.0
+        result["moved_at_strength_1"] = moved_at_strength_1(result["sepia_distance"])
         if args.grid:
             grid = pool.grid(PROMPTS, strengths=(0.0, 0.5, 1.0), seed=0, loras=["shapes"])
             Path(args.grid).parent.mkdir(parents=True, exist_ok=True)

@@ -137,14 +137,3 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         rows, cols = zip(*best, strict=True)
         region[list(rows), list(cols)] = True
     return region
-
-
-INK_LEVEL = 90
-"""A pixel is ink when none of its channels reaches this: the example style's black lines, dimmed a little
-by the VAE's 8 x 8 blocks, and no colour of the vocabulary but black."""
-
-
-def ink_fraction(image) -> float:
-    """The fraction of near-black pixels: the example dataset's style measure (its outlines and leading)."""
-    pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-    return float((pixels.max(axis=-1) < INK_LEVEL).mean())
