@@ -10,8 +10,8 @@ count runs in a fresh process (so its peak RSS is its own): import, `doctor` ove
 `train` on the tiny model at `--train-size` px (default: the pictures' size), timing the call to its first
 step; the time before the first step is almost all VAE encoding (once per picture; `data.flip` is off).
 The figure that matters is the growth: from the smaller to the larger dataset, peak memory should grow by
-about the cached latent distributions themselves (mean and std, float32, 4 x (size/8)^2 values each per
-picture), not by the pictures.
+about the cache itself (the latent distributions, mean and std, float32, 4 x (size/8)^2 values each per
+picture, and one 77 x 64 float32 text embedding per distinct caption), not by the pictures.
 """
 
 from __future__ import annotations
@@ -100,6 +100,14 @@ def latent_bytes(count: int, size: int) -> int:
     return count * 2 * 4 * (size // 8) ** 2 * 4  # mean and std, 4 channels, float32
 
 
+def caption_bytes(folder: Path) -> int:
+    """The cached text conditioning: one (77, 64) float32 embedding per distinct caption (tiny SD 1.x)."""
+    from trainer.models.tiny import _SD15_UNET
+
+    captions = {path.read_text(encoding="utf-8").strip() for path in folder.glob("*.txt")}
+    return len(captions) * 77 * _SD15_UNET["cross_attention_dim"] * 4
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[250, 1000])
@@ -118,19 +126,22 @@ def main(argv: list[str] | None = None) -> None:
             write_pictures(folder, count, args.size)
             row = {"count": count, "size": args.size, "train_size": train_size, "write_s": time.perf_counter() - made,
                    **run_one(folder, train_size, Path(tmp) / f"out-{count}", args.trim_every),
-                   "latent_bytes": latent_bytes(count, train_size)}
+                   "latent_bytes": latent_bytes(count, train_size), "caption_bytes": caption_bytes(folder)}
             row["doctor_images_per_s"] = count / row["doctor_s"]
             rows.append(row)
             print(f"{count} pictures at {args.size} px, trained at {train_size}: doctor {row['doctor_s']:.1f} s "
                   f"({row['doctor_images_per_s']:.0f}/s), first step {row['to_first_step_s']:.1f} s after train() "
                   f"(started {row['to_started_s']:.1f} s), peak RSS {row['peak_rss'] / 2**20:.0f} MiB, "
-                  f"cached latents {row['latent_bytes'] / 2**20:.0f} MiB", flush=True)
+                  f"cached latents {row['latent_bytes'] / 2**20:.0f} MiB, "
+                  f"captions {row['caption_bytes'] / 2**20:.0f} MiB", flush=True)
     if len(rows) > 1:
         small, large = rows[0], rows[-1]
         grew = large["peak_rss"] - small["peak_rss"]
         latents = large["latent_bytes"] - small["latent_bytes"]
+        cached = latents + large["caption_bytes"] - small["caption_bytes"]
         print(f"from {small['count']} to {large['count']} pictures: peak RSS grew {grew / 2**20:.0f} MiB, the "
-              f"cached latents {latents / 2**20:.0f} MiB (ratio {grew / latents:.2f}); time to the first step "
+              f"cached latents {latents / 2**20:.0f} MiB, latents and captions {cached / 2**20:.0f} MiB (ratio "
+              f"{grew / cached:.2f}); time to the first step "
               f"x{large['to_first_step_s'] / small['to_first_step_s']:.2f} for x{large['count'] / small['count']:.0f}"
               " the pictures")
     if args.json:

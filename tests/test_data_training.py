@@ -126,3 +126,45 @@ def test_train_refuses_a_bad_dataset_and_writes_nothing_then_skips(tmp_path, cap
     err = capsys.readouterr().err
     assert f"skipped (data.skip_bad_images): {root / 'broken.png'}" in err
     assert (out / "lora.safetensors").is_file() and (out / "lora.peft.safetensors").is_file()
+
+
+def test_cached_latents_and_captions_are_packed_one_block_per_bucket(tmp_path, base):
+    """Each bucket's latent distributions and all caption embeddings live in preallocated blocks (no small
+    long-lived tensor per image between the encoders' activations), with the values a direct encode gives."""
+    root = tmp_path / "ds"
+    for index in range(5):
+        write_image(root / f"wide{index}.png", 192, 64, seed=index, caption=f"a wide stripe number {index}")
+    for index in range(3):
+        write_image(root / f"square{index}.png", 128, 128, seed=10 + index, caption=f"a square number {index}")
+    for cache_dir in ("", str(tmp_path / "cache"), str(tmp_path / "cache")):  # in memory, disk cold, disk warm
+        data = DataConfig(path=str(root), flip=True, cache_dir=cache_dir)
+        examples = ExampleSet(base, scan_dataset(data), data, 128, torch.device("cpu"), torch.float32, True)
+        by_size: dict[tuple[int, int], set[int]] = {}
+        for ex in examples.examples:
+            for tensor in (ex.latent_mean, ex.latent_std, ex.flipped_mean, ex.flipped_std):
+                by_size.setdefault(ex.size, set()).add(tensor.untyped_storage().data_ptr())
+        assert {size: len(ptrs) for size, ptrs in by_size.items()} == {(192, 64): 2, (128, 128): 2}, \
+            "one block for the means and one for the stds of each bucket"
+        assert len({v.untyped_storage().data_ptr() for entry in examples.text_cache.values()
+                    for v in entry.values()}) == 1
+        with torch.no_grad():
+            for ex in examples.examples:
+                direct = examples._encode_pixels(base.pipe.vae, examples._load(ex.item, ex.size).pixels)
+                assert torch.equal(direct["mean"], ex.latent_mean) and torch.equal(direct["std"], ex.latent_std)
+            direct_text = base.family.encode_text(base.pipe, ["a square number 1"])
+        for key, value in direct_text.items():
+            assert torch.allclose(value, examples.text_cache["a square number 1"][key], atol=1e-6), key
+        # mean and std, float32, 4 channels: 5 wide images x 2 flips at 8 x 24, 3 squares x 2 at 16 x 16
+        assert examples.latent_store.nbytes() == 2 * 4 * 4 * (10 * 8 * 24 + 6 * 16 * 16)
+
+
+def test_packed_store_refuses_more_entries_than_slots():
+    from trainer.data.packed_store import PackedStore
+
+    store = PackedStore({"a": 2})
+    first = store.keep("a", {"x": torch.ones(3)})
+    second = store.keep("a", {"x": torch.full((3,), 2.0)})
+    assert first["x"].untyped_storage().data_ptr() == second["x"].untyped_storage().data_ptr()
+    assert torch.equal(first["x"], torch.ones(3)) and torch.equal(second["x"], torch.full((3,), 2.0))
+    with pytest.raises(ValueError, match="2 slots"):
+        store.keep("a", {"x": torch.zeros(3)})

@@ -25,6 +25,7 @@ from trainer.config import DataConfig
 from trainer.data import DatasetItem, add_trigger, assign_buckets, build_caption, prepare_image
 from trainer.data.cache import file_sha256, latent_key, module_identity, open_cache, text_key
 from trainer.data.masks import batch_mask, crop_mask, flip_mask, open_with_mask, to_latent_grid
+from trainer.data.packed_store import PackedStore
 from trainer.models.families import ImageSizes
 
 TEXT_BATCH = 32
@@ -76,6 +77,8 @@ class ExampleSet:
         self.dtype = dtype
         buckets = assign_buckets(items, resolution, enabled=data.bucketing)
         size_of = {id(item): size for size, members in buckets.items() for item in members}
+        flips = 2 if data.flip else 1
+        self.latent_store = PackedStore({size: len(members) * flips for size, members in buckets.items()})
         # One image's pixels at a time (opened, encoded, dropped): 1,000 images at 1024 px would be 12 GB of
         # float32 pixels held at once; their latent distributions (mean and std) are 1/24 of that.
         self.examples = [self._encode_latents(self._load(item, size_of[id(item)])) for item in items]
@@ -157,7 +160,9 @@ class ExampleSet:
             encode = functools.partial(self._encode_pixels, vae, pixels)
             key = latent_key(digest, example.size, example.crop_top_left, flip, vae_id, self.data.background)
             stats = cache.get_or_build(key, encode)[0] if cache is not None else encode()
-            mean, std = stats["mean"].to(self.device), stats["std"].to(self.device)
+            kept = self.latent_store.keep(example.size, {"mean": stats["mean"].to(self.device),
+                                                         "std": stats["std"].to(self.device)})
+            mean, std = kept["mean"], kept["std"]
             if flip:
                 example.flipped_mean, example.flipped_std = mean, std
             else:
@@ -179,21 +184,35 @@ class ExampleSet:
         encoder_id = module_identity(*(getattr(pipe, n) for n in family.text_encoder_names), pipe.tokenizer,
                                      getattr(pipe, "tokenizer_2", None))
         keys = {c: text_key(c, encoder_id) for c in captions}
-        found = {c: cache.get(keys[c]) for c in captions}
-        missing = [c for c in captions if found[c] is None]
-        for c, encoded in self._encode_in_batches(missing).items():
+        store = PackedStore({"text": len(captions)})
+        found = {}
+        for c in captions:
+            entry = cache.get(keys[c])
+            if entry is not None:
+                found[c] = self._packed_row(store, {k: v.to(self.device) for k, v in entry.items()})
+        missing = [c for c in captions if c not in found]
+        for c, encoded in self._encode_in_batches(missing, store).items():
             found[c] = encoded
             cache.put(keys[c], encoded)
-        return {c: {k: v.to(self.device) for k, v in found[c].items()} for c in captions}
+        return {c: found[c] for c in captions}
 
-    def _encode_in_batches(self, captions: list[str]) -> dict[str, dict[str, torch.Tensor]]:
-        """Each caption's text-encoder outputs (batch of one), encoded `TEXT_BATCH` captions at a time."""
+    def _encode_in_batches(self, captions: list[str], store: PackedStore | None = None
+                           ) -> dict[str, dict[str, torch.Tensor]]:
+        """Each caption's text-encoder outputs (batch of one), encoded `TEXT_BATCH` captions at a time and
+        packed into `store` (a new one for just these captions by default)."""
+        store = store or PackedStore({"text": len(captions)})
         out = {}
         for start in range(0, len(captions), TEXT_BATCH):
             chunk = captions[start:start + TEXT_BATCH]
             encoded = self.base.family.encode_text(self.base.pipe, chunk)
-            out.update({c: {k: v[i:i + 1] for k, v in encoded.items()} for i, c in enumerate(chunk)})
+            out.update({c: self._packed_row(store, {k: v[i:i + 1] for k, v in encoded.items()})
+                        for i, c in enumerate(chunk)})
         return out
+
+    @staticmethod
+    def _packed_row(store: PackedStore, row: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A batch-of-one caption entry copied into the caption block: the same shapes, as views."""
+        return {k: v.unsqueeze(0) for k, v in store.keep("text", {k: v[0] for k, v in row.items()}).items()}
 
     def _caption_for_step(self, caption: str, rng: np.random.Generator) -> str:
         """Tag shuffle and caption dropout of `data` (the trigger word is already in `caption`)."""
