@@ -13,11 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import json
 import sqlite3
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, JobError

@@ -13,13 +13,13 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from trainer.errors import ConfigError
 
