@@ -212,8 +212,11 @@ def test_sigkill_during_a_checkpoint_write_then_sigterm_then_force_stop(tmp_path
     sup.resume(job_id)
     running = wait_for("the new runner's pid", lambda: sup.show(job_id)["pid"] != stopped["pid"]
                        and sup.show(job_id))
+    wait_for("the runner's disk reserve", lambda: (job_dir / ".reserve").exists())
     assert sup.stop(job_id, force=True)["status"] == "stopped"
     wait_for("the runner to die", lambda: not process.is_alive(running["pid"], None))
+    assert not (job_dir / "stop").exists() and not (job_dir / ".reserve").exists(), \
+        "the kill leaves neither the stop flag nor the runner's disk reserve behind"
 
 
 def test_a_full_disk_fails_the_job_with_the_path_and_keeps_the_previous_checkpoint(tmp_path):

@@ -79,6 +79,11 @@ class JobFiles:
         return self.dir / "stop"
 
     @property
+    def reserve(self) -> Path:
+        """Disk space the runner sets aside to report a full disk (trainer/jobs/runner.py)."""
+        return self.dir / ".reserve"
+
+    @property
     def output(self) -> Path:
         return self.dir / "output"
 

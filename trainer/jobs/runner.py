@@ -48,7 +48,7 @@ class Runner:
         self.log = EventLog(self.files.events)
         self.failed_written = False
         self.terminated = False
-        self.reserve = self.files.dir / ".reserve"
+        self.reserve = self.files.reserve
 
     def should_stop(self) -> bool:
         return self.terminated or self.files.stop_flag.exists()

@@ -109,8 +109,8 @@ class Supervisor:
             atomic_write_bytes(files.stop_flag, b"stop\n")
         else:
             atomic_write_bytes(files.stop_flag, b"stop\n")  # in case the runner has not recorded its pid yet
-            if job["pid"]:
-                process.kill_group(job["pid"], job["pid_start"])
+            if job["pid"] and process.kill_group(job["pid"], job["pid_start"]):
+                self._leave_no_trace(files, job["pid"], job["pid_start"])
             self._reap(job_id)
             if self.store.update(job_id, status="stopped", only_if=("running",)):
                 EventLog(files.events).write({"kind": "stopped", "forced": True})
@@ -295,6 +295,15 @@ class Supervisor:
         process.adopt(child)  # reaped when it exits, even if this supervisor never looks at the job again
         self.store.update(job_id, pid=child.pid, pid_start=process.start_time(child.pid),
                           only_if=("running",))
+
+    @staticmethod
+    def _leave_no_trace(files, pid: int, started: int | None) -> None:
+        """After a kill: the stop flag and the runner's disk reserve, which its own exit would have removed."""
+        deadline = time.monotonic() + 5
+        while process.is_alive(pid, started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        files.stop_flag.unlink(missing_ok=True)
+        files.reserve.unlink(missing_ok=True)
 
     def _reap(self, job_id: str) -> None:
         """Collect our own exited runner so it does not linger as a zombie that looks alive to kill(0)."""
