@@ -25,3 +25,14 @@ def test_same_seed_same_weights_and_a_longer_run_resumes(tmp_path):
     state = torch.load(tmp_path / "a" / "unet_state.pt", weights_only=True)
     assert state["step"] == 3
     assert _sha(longer) != _sha(second)
+
+
+def test_the_encoded_pictures_are_encoded_again_when_the_picture_settings_change(tmp_path):
+    from trainer.models.pretrain import encode_pictures, sharpen_text_encoder
+
+    pipe = build_tiny_pipeline("tiny-random")
+    sharpen_text_encoder(pipe.text_encoder)
+    first = encode_pictures(pipe, PretrainConfig(pictures=4, seed=1), tmp_path)
+    assert torch.equal(encode_pictures(pipe, PretrainConfig(pictures=4, seed=1), tmp_path)["mean"], first["mean"])
+    other = encode_pictures(pipe, PretrainConfig(pictures=4, seed=2), tmp_path)
+    assert not torch.equal(other["mean"], first["mean"]), "a cache keyed by the picture count alone was reused"

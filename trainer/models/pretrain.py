@@ -57,7 +57,6 @@ class PretrainConfig:
     """Offset noise (a random constant per picture and channel added to the noise): without it the base
     never learned to set a background's colour from the prompt, since SD's schedule leaves the mean of the
     noisiest latent nearly as it was (the noise's mean decided the colour)."""
-    """min-SNR-gamma loss weighting (Hang et al. 2023); 0 for plain MSE."""
     checkpoint_every: int = 100
 
 
@@ -109,7 +108,8 @@ def encode_pictures(pipe, cfg: PretrainConfig, out: Path) -> dict:
     """Latent mean/std and caption embeddings of the fixed picture set (cached in `data.pt`)."""
     path = out / "data.pt"
     cached = _load_state(path)
-    if cached is not None and cached["pictures"] == cfg.pictures:
+    key = f"pictures={cfg.pictures} seed={cfg.seed}"
+    if cached is not None and cached.get("key") == key:  # other settings: other pictures, encoded anew
         return cached
     means, stds, captions = [], [], []
     pictures = list(make_pictures(cfg.seed + 101, cfg.pictures))
@@ -124,7 +124,7 @@ def encode_pictures(pipe, cfg: PretrainConfig, out: Path) -> dict:
     unique = sorted(set(captions)) + [""]
     embeds = embed_captions(pipe, unique)
     index = {caption: i for i, caption in enumerate(unique)}
-    data = dict(pictures=cfg.pictures, mean=mean, std=std, scale=scale, embeds=embeds,
+    data = dict(key=key, pictures=cfg.pictures, mean=mean, std=std, scale=scale, embeds=embeds,
                 caption_index=torch.tensor([index[c] for c in captions]), empty=len(unique) - 1)
     _save_state(path, **data)
     return data
