@@ -38,6 +38,7 @@ from trainer.export import export_lora
 from trainer.models import load_base
 from trainer.models.quantize import check_available as check_quantize_available
 from trainer.models.quantize import quantize_unet
+from trainer.lora_attention import install_fused_attention
 from trainer.network import add_lora, trainable_parameters
 from trainer.network_types import RankBudget
 from trainer.optimizers import build_optimizer, check_available, evaluating
@@ -142,6 +143,8 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     params = trainable_parameters(base, config.network)
     place_weights(base, params, accelerator.device, accelerator.mixed_precision)
     pipe = base.pipe
+    if accelerator.device.type == "cpu" and config.network.type == "lora":
+        install_fused_attention(pipe.unet)  # a CPU step is bound by per-op overhead: fewer, larger projections
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
 
