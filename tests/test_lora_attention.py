@@ -12,6 +12,7 @@ from diffusers.utils.peft_utils import scale_lora_layers
 from families_helpers import FAMILIES, tiny_pipe
 from peft import LoraConfig
 
+from trainer import lora_attention
 from trainer.lora_attention import FusedLoraAttnProcessor, install_fused_attention
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -55,9 +56,17 @@ def _assert_same(fused, plain):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
 
+@pytest.fixture(params=["folded", "unfolded"])
+def fold(request, monkeypatch):
+    """Both forms: the tiny models' layers fold their LoRA into the weight; wider ones (0 here) do not."""
+    if request.param == "unfolded":
+        monkeypatch.setattr(lora_attention, "FOLD_MAX_WEIGHT", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("alpha", [4, 8])  # scale 1 (the default) and 2
-def test_every_attention_module_matches_peft_and_diffusers(family, alpha):
+def test_every_attention_module_matches_peft_and_diffusers(family, alpha, fold):
     unet = _unet_with_lora(family, alpha)
     modules = [m for m in unet.modules() if isinstance(m, Attention)]
     assert install_fused_attention(unet) == len(modules) > 0
@@ -71,7 +80,7 @@ def test_every_attention_module_matches_peft_and_diffusers(family, alpha):
     assert kinds == {True, False}  # self- and cross-attention both taken
 
 
-def test_whole_unet_forward_and_lora_gradients_match():
+def test_whole_unet_forward_and_lora_gradients_match(fold):
     unet = _unet_with_lora("sd15")
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
@@ -127,13 +136,15 @@ def test_states_it_does_not_cover_take_the_modules_own_processor(state):
     assert calls == [state]
 
 
-def test_a_changed_scale_and_changed_base_weights_are_seen():
+def test_a_changed_scale_and_changed_base_weights_are_seen(fold):
     unet = _unet_with_lora("sd15")
     attn = _first_self_attention(unet)
     install_fused_attention(unet)
     fused, hidden = attn.processor, _inputs(attn, 3)[0]
     _assert_same(_run(attn, _fused_only(fused), hidden, None), _run(attn, fused.fallback, hidden, None))
     scale_lora_layers(unet, 0.25)  # what a pipeline's `cross_attention_kwargs={"scale": ...}` does
+    _assert_same(_run(attn, _fused_only(fused), hidden, None), _run(attn, fused.fallback, hidden, None))
+    attn.to_k.scaling["default"] = 3.0  # one scale unlike the others (peft's alpha_pattern)
     _assert_same(_run(attn, _fused_only(fused), hidden, None), _run(attn, fused.fallback, hidden, None))
     with torch.no_grad():
         attn.to_k.base_layer.weight.mul_(3)  # the cached q/k/v weight must follow
