@@ -35,10 +35,10 @@ from trainer.errors import StudioError, TrainingError
 from trainer.events import CheckpointSaved, Done, Event, Failed, Progress, SampleSaved, Started
 from trainer.examples import TrainBatch, captions_are_static
 from trainer.export import export_lora
+from trainer.lora_attention import install_fused_attention
 from trainer.models import load_base
 from trainer.models.quantize import check_available as check_quantize_available
 from trainer.models.quantize import quantize_unet
-from trainer.lora_attention import install_fused_attention
 from trainer.network import add_lora, trainable_parameters
 from trainer.network_types import RankBudget
 from trainer.optimizers import build_optimizer, check_available, evaluating
