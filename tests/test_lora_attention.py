@@ -21,6 +21,7 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 def _unet_with_lora(family: str, alpha: int = 4, **lora) -> torch.nn.Module:
     unet = copy.deepcopy(tiny_pipe(family).unet)
     unet.requires_grad_(False)
+    torch.manual_seed(0)  # peft draws the (non-zero) initial LoRA weights from the global generator
     unet.add_adapter(LoraConfig(r=4, lora_alpha=alpha, target_modules=TARGETS, init_lora_weights=False, **lora))
     return unet.train()
 
@@ -50,7 +51,7 @@ def _fused_only(processor: FusedLoraAttnProcessor):
 
 
 def _assert_same(fused, plain):
-    torch.testing.assert_close(fused[0], plain[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused[0], plain[0], rtol=1e-4, atol=1e-5 * plain[0].abs().max().item())
     assert len(fused[1]) == len(plain[1]) == 8  # A and B of the four projections
     for got, want in zip(fused[1] + [fused[2]], plain[1] + [plain[2]], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
