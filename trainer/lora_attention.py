@@ -126,7 +126,8 @@ def _plain_adapter(attn, hidden_states, encoder_hidden_states, attention_mask, l
             return None
     q, k, v = layers[:3]
     if (q.base_layer.bias is not None or k.base_layer.bias is not None or v.base_layer.bias is not None
-            or not q.out_features == k.out_features == v.out_features):
+            or not q.out_features == k.out_features == v.out_features
+            or attn.scale != (q.out_features // attn.heads) ** -0.5):  # SDPA's default scale, as diffusers' own
         return None
     if not torch.is_autocast_enabled(hidden_states.device.type):
         dtypes = {hidden_states.dtype, *(m.base_layer.weight.dtype for m in layers),
