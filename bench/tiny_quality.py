@@ -49,11 +49,11 @@ def prompts_for(pairs, per_pair: int, seed: int) -> list[tuple[str, str, str]]:
     return out
 
 
-def accuracy(pipe, prompts, seeds: int, grid: list | None = None) -> dict:
+def accuracy(pipe, prompts, seeds: int, grid: list | None = None, guidance: float = 7.5) -> dict:
     colour = shape = total = 0
     for prompt, want_color, want_shape in prompts:
         for seed in range(seeds):
-            image = render(pipe, prompt, seed=seed)[0]
+            image = render(pipe, prompt, seed=seed, guidance=guidance)[0]
             verdict = judge(image)
             colour += verdict.color == want_color
             shape += verdict.shape == want_shape
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=4,
                         help="seeds per prompt (4: 96 held-out images; with 2, the shape figure moved +-7 points "
                              "with the seeds)")
+    parser.add_argument("--guidance", type=float, default=7.5,
+                        help="classifier-free guidance (7.5: the product default)")
     parser.add_argument("--psnr-pictures", type=int, default=48)
     parser.add_argument("--grid", help="write the held-out images as one PNG here")
     args = parser.parse_args(argv)
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     grid: list | None = [] if args.grid else None
     seen = [(c, SHAPES[(i + 1) % len(SHAPES)]) for i, c in enumerate(COLORS)]  # one seen pair per colour
     result = {
-        "held_out": accuracy(pipe, prompts_for(HELD_OUT, args.per_pair, 1), args.seeds, grid),
-        "seen": accuracy(pipe, prompts_for(seen, args.per_pair, 2), args.seeds),
+        "held_out": accuracy(pipe, prompts_for(HELD_OUT, args.per_pair, 1), args.seeds, grid, args.guidance),
+        "seen": accuracy(pipe, prompts_for(seen, args.per_pair, 2), args.seeds, guidance=args.guidance),
         "vae_psnr_db": vae_psnr(pipe, args.psnr_pictures),
     }
     if grid is not None:
