@@ -160,3 +160,31 @@ def test_a_changed_scale_and_changed_base_weights_are_seen(fold):
     with torch.no_grad():
         attn.to_v.base_layer.weight.data.add_(1.0)  # unseen by the version counter, but the cache is gone
     _assert_same(_run(attn, _fused_only(fused), hidden, None), _run(attn, fused.fallback, hidden, None))
+
+
+def test_under_bf16_autocast_with_bf16_frozen_weights_it_matches_to_bf16_rounding(fold):
+    """What `train.mixed_precision = "bf16"` on a CPU runs: frozen weights in bfloat16, LoRA in float32."""
+    unet = _unet_with_lora("sd15")
+    for param in unet.parameters():
+        if not param.requires_grad:
+            param.data = param.data.bfloat16()
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        unet.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = unet(latents.bfloat16(), torch.tensor([10, 700]), encoder_hidden_states=text.bfloat16()).sample
+        out.float().square().mean().backward()
+        return out.detach().float(), [p.grad.clone() for p in unet.parameters() if p.requires_grad]
+
+    plain = run()
+    install_fused_attention(unet)
+    for attn in (m for m in unet.modules() if isinstance(m, Attention)):
+        attn.processor = _fused_only(attn.processor)
+    fused = run()
+    scale = plain[0].abs().max().item()
+    assert (fused[0] - plain[0]).abs().max().item() < 0.05 * scale  # bfloat16 keeps ~3 significant digits
+    cosines = [torch.nn.functional.cosine_similarity(g.flatten(), w.flatten(), dim=0).item()
+               for g, w in zip(fused[1], plain[1], strict=True)]
+    assert min(cosines) > 0.98 and len(cosines) == 8 * sum(isinstance(m, Attention) for m in unet.modules())

@@ -168,6 +168,18 @@ def test_every_loop_option_trains(quick_config):
     assert not started.cached_text  # a trained text encoder cannot be cached
 
 
+def test_a_cpu_lora_run_gets_the_fused_attention_and_another_adapter_type_does_not(quick_config, tiny_pipe):
+    from diffusers.models.attention_processor import Attention
+
+    modules = sum(isinstance(m, Attention) for m in tiny_pipe.unet.modules())
+    assert modules > 0
+    for network_type, expected in (("lora", modules), ("loha", 0)):
+        events = []
+        result = train(quick_config(**{"network.type": network_type, "train.steps": 2}), on_event=events.append)
+        assert events[0].kind == "started" and events[0].fused_attention == expected
+        assert all(np.isfinite(result.losses))
+
+
 def test_bf16_mixed_precision_runs_on_cpu(quick_config):
     result = train(quick_config(**{"train.mixed_precision": "bf16"}))
     assert all(np.isfinite(result.losses)) and result.outputs[0].is_file()

@@ -39,6 +39,8 @@ class Started(Event):
     """Images held out as the validation set (not trained on); 0 without validation."""
     log_dir: str = ""
     """TensorBoard event files of this run (`tensorboard --logdir …`); empty when logging is off."""
+    fused_attention: int = 0
+    """Attention modules given the fused LoRA processor (trainer/lora_attention.py): a LoRA run on a CPU."""
 
 
 @dataclass

@@ -143,8 +143,9 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
     params = trainable_parameters(base, config.network)
     place_weights(base, params, accelerator.device, accelerator.mixed_precision)
     pipe = base.pipe
+    fused_attention = 0  # a CPU step is bound by per-op overhead: fewer, larger projections
     if accelerator.device.type == "cpu" and config.network.type == "lora":
-        install_fused_attention(pipe.unet)  # a CPU step is bound by per-op overhead: fewer, larger projections
+        fused_attention = install_fused_attention(pipe.unet)
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
 
@@ -186,6 +187,7 @@ def _train(config, accelerator, emit, should_stop, resume_from, workdir) -> Resu
                  mixed_precision=accelerator.mixed_precision, cached_text=cache_text, cached_latents=True,
                  num_images=len(items), skipped=[str(p) for p in report.skipped],
                  num_processes=accelerator.num_processes, num_validation=len(validator or []),
+                 fused_attention=fused_attention,
                  log_dir=tracking.run_log_dir(accelerator, config)))
 
     # The loop: one optimizer step per pass (after gradient accumulation), events, samples, checkpoints.
