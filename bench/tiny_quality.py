@@ -2,10 +2,12 @@
 
     python bench/tiny_quality.py                                      # the shipped `tiny` model
     python bench/tiny_quality.py --weights runs/pretrain/tiny-sd15.safetensors --grid out/held-out.png
+    python bench/tiny_quality.py --base-model tiny-sdxl                  # the shipped SDXL one (its Euler sampler)
 
 For every colour x shape pair that pretraining left out (trainer.models.shapes.HELD_OUT), a few prompts
 ("a big red circle on a blue background, top left") are generated at the default sampler settings
-(trainer.generate.render: DDIM, 20 steps, guidance 7.5, 128 px) with seeds 0.., and judged by
+(trainer.generate.render: the pipeline's sampler, DDIM for SD 1.x and Euler for SDXL, 20 steps, guidance 7.5,
+128 px) with seeds 0.., and judged by
 trainer.models.judge. The same is done for as many seen pairs, for comparison. The VAE's reconstruction
 PSNR is measured on held-out pictures. Targets (issue #15): colour >= 90 %, shape >= 70 %, PSNR >= 25 dB.
 """
@@ -29,11 +31,12 @@ from trainer.models.shapes import COLORS, HELD_OUT, POSITIONS, SHAPES, contrasti
 
 
 def load(args):
-    from trainer.models.tiny import load_pretrained_weights, load_tiny_pipeline
+    from trainer.models.tiny import TINY_NAMES, build_tiny_pipeline, load_pretrained_weights, load_tiny_pipeline
 
-    pipe = load_tiny_pipeline("tiny-random" if args.weights else args.base_model)
-    if args.weights:
-        load_pretrained_weights(pipe, args.weights)
+    if args.weights:  # into the random model of --base-model's family
+        pipe = load_pretrained_weights(build_tiny_pipeline(TINY_NAMES[args.base_model]), args.weights)
+    else:
+        pipe = load_tiny_pipeline(args.base_model)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

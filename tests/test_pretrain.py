@@ -36,3 +36,26 @@ def test_the_encoded_pictures_are_encoded_again_when_the_picture_settings_change
     assert torch.equal(encode_pictures(pipe, PretrainConfig(pictures=4, seed=1), tmp_path)["mean"], first["mean"])
     other = encode_pictures(pipe, PretrainConfig(pictures=4, seed=2), tmp_path)
     assert not torch.equal(other["mean"], first["mean"]), "a cache keyed by the picture count alone was reused"
+
+
+def test_the_sdxl_base_trains_on_what_its_pipeline_feeds_the_unet(tmp_path):
+    from trainer.models.pretrain import unet_conditions
+    from trainer.models.shapes import make_pictures
+
+    cfg = PretrainConfig(out=str(tmp_path / "xl"), family="sdxl", **QUICK)
+    path = pretrain(cfg)
+    assert path.name == "tiny-sdxl.safetensors"
+    pipe = load_pretrained_weights(build_tiny_pipeline("sdxl"), path, _sha(path))
+    assert weights_hash(pipe) != weights_hash(build_tiny_pipeline("sdxl"))
+    data = torch.load(tmp_path / "xl" / "data.pt", weights_only=True)
+    # Both encoders' penultimate states and text_encoder_2's pooled output, as the pipeline computes them with the
+    # shipped (sharpened, fp16) encoders; the empty caption is zeros, as the pipeline's unconditional half is.
+    first = sorted({caption for _, caption, _ in make_pictures(cfg.seed + 101, cfg.pictures)})[0]
+    embeds, _, pooled, _ = pipe.encode_prompt(first, device="cpu", do_classifier_free_guidance=False)
+    # (to float rounding: the pretrain embeds the captions in batches)
+    assert torch.allclose(data["embeds"][0], embeds[0], atol=1e-5)
+    assert torch.allclose(data["pooled"][0], pooled[0], atol=1e-5)
+    assert not data["embeds"][data["empty"]].any() and not data["pooled"][data["empty"]].any()
+    kwargs = unet_conditions(pipe, data, torch.tensor([0, data["empty"]]))
+    ids = pipe._get_add_time_ids((128, 128), (0, 0), (128, 128), torch.float32, text_encoder_projection_dim=64)
+    assert torch.equal(kwargs["added_cond_kwargs"]["time_ids"], ids.repeat(2, 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from trainer.models.tiny import build_tiny_pipeline, weights_hash
@@ -55,8 +56,6 @@ def test_pretrained_weights_round_trip_and_a_wrong_hash_is_refused(tmp_path, tin
     import copy
     import hashlib
 
-    import pytest
-
     from trainer.errors import ModelError
     from trainer.models.tiny import load_pretrained_weights, save_pretrained_weights
 
@@ -85,26 +84,47 @@ def test_tiny_is_the_shipped_pretrained_base_and_tiny_random_stays_random(tiny_p
     assert sorted(pretrained.unet.state_dict()) == sorted(tiny_pipe.unet.state_dict())  # same keys, same model
 
 
-def test_a_damaged_pretrained_file_is_refused_by_its_hash(tmp_path):
-    import pytest
+def test_tiny_sdxl_is_the_shipped_pretrained_sdxl_base_and_tiny_sdxl_random_stays_random(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
 
+    from trainer.models.tiny import PRETRAINED_SDXL_FILE, load_tiny_pipeline
+
+    assert PRETRAINED_SDXL_FILE.stat().st_size < 20e6
+    random_hash = weights_hash(build_tiny_pipeline("sdxl"))
+    pretrained = load_tiny_pipeline("tiny-sdxl")
+    assert weights_hash(load_tiny_pipeline("tiny-sdxl-random")) == random_hash != weights_hash(pretrained)
+    for component in ("text_encoder", "text_encoder_2"):  # both frozen encoders ship (sharpened, fp16)
+        random_tokens = getattr(build_tiny_pipeline("sdxl"), component).get_input_embeddings().weight
+        assert not torch.equal(getattr(pretrained, component).get_input_embeddings().weight, random_tokens)
+    folder = tmp_path / "tiny-sdxl"
+    subprocess.run([sys.executable, "-m", "trainer.cli", "tiny-model", str(folder), "--family", "sdxl"],
+                   check=True, timeout=300)
+    written = StableDiffusionXLPipeline.from_pretrained(folder)
+    assert weights_hash(written) == weights_hash(pretrained)
+    assert written.vae.config.scaling_factor == pretrained.vae.config.scaling_factor != 0.13025
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_damaged_pretrained_file_is_refused_by_its_hash(tmp_path, family):
     from trainer.errors import ModelError
-    from trainer.models.tiny import PRETRAINED_FILE, PRETRAINED_SHA256, load_pretrained_weights
+    from trainer.models.tiny import PRETRAINED_WEIGHTS, load_pretrained_weights
 
+    shipped, sha256 = PRETRAINED_WEIGHTS[family]
     damaged = tmp_path / "tiny.safetensors"
-    data = bytearray(PRETRAINED_FILE.read_bytes())
+    data = bytearray(shipped.read_bytes())
     data[-1] ^= 1
     damaged.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="pinned SHA-256"):
-        load_pretrained_weights(build_tiny_pipeline("sd15"), damaged, PRETRAINED_SHA256)
+        load_pretrained_weights(build_tiny_pipeline(family), damaged, sha256)
 
 
-def test_the_pretrained_base_draws_the_colours_it_is_told():
+@pytest.mark.parametrize("name", ["tiny", "tiny-sdxl"])
+def test_the_pretrained_base_draws_the_colours_it_is_told(name):
     from trainer.generate.render import render
     from trainer.models.judge import judge
     from trainer.models.tiny import load_tiny_pipeline
 
-    pipe = load_tiny_pipeline("tiny")
+    pipe = load_tiny_pipeline(name)
     for color, background in (("red", "blue"), ("yellow", "black"), ("green", "white")):
         verdict = judge(render(pipe, f"a big {color} circle on a {background} background, center", seed=0)[0])
         assert (verdict.color, verdict.background) == (color, background), verdict

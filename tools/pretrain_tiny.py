@@ -1,7 +1,8 @@
-"""Pretrain the embedded tiny SD 1.x model on the shapes vocabulary (see trainer/models/pretrain.py).
+"""Pretrain the embedded tiny SD 1.x or SDXL model on the shapes vocabulary (see trainer/models/pretrain.py).
 
     OMP_NUM_THREADS=2 python tools/pretrain_tiny.py --out runs/pretrain      # about 45 min on 2 CPU cores
     python tools/pretrain_tiny.py --out runs/pretrain --unet-steps 1200      # resumes, trains further
+    OMP_NUM_THREADS=2 python tools/pretrain_tiny.py --family sdxl --out runs/pretrain-sdxl   # tiny-sdxl: 35 min
 
 Deterministic from --seed; re-running with the same --out resumes from the last checkpoint.
 """

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     parser.add_argument("--family", choices=sorted(TINY_RESOLUTION), default="sd15",
                         help="model family (default: sd15)")
     parser.add_argument("--random", action="store_true",
-                        help="sd15: the seeded random weights (tiny-random) instead of the pretrained ones that draw")
+                        help="sd15, sdxl: the seeded random weights (tiny-random, tiny-sdxl-random) instead of "
+                             "the pretrained ones that draw")
     parser.set_defaults(handler=run)
 
 

@@ -1,8 +1,12 @@
-"""Pretrain the tiny SD 1.x model on the shapes vocabulary, so the embedded `tiny` base draws.
+"""Pretrain the tiny SD 1.x or SDXL model on the shapes vocabulary, so the embedded `tiny` / `tiny-sdxl` bases draw.
 
     python tools/pretrain_tiny.py --out runs/pretrain        # VAE, then UNet; resumes where it stopped
+    python tools/pretrain_tiny.py --family sdxl --out runs/pretrain-sdxl
 
-Same architecture, key names and size as `tiny-random` (trainer.models.tiny): only weights change. Phases:
+Same architecture, key names and size as `tiny-random` / `tiny-sdxl-random` (trainer.models.tiny): only weights
+change. SDXL's UNet is conditioned as its pipeline conditions it: both encoders' penultimate states, the second
+one's pooled output and the size/crop ids of an uncropped 128 px picture; its empty caption is all zeros, as the
+pipeline's unconditional half is. Phases:
 1. VAE: constructed, not trained (trainer.models.vae_init): its latent is each 8 x 8 block's mean R, G, B and
    luminance, decoded back by nearest upsampling (about 25.5 dB PSNR on held-out pictures). Trained from
    random weights on the 2-core box it stayed near 15 dB after an hour, and fine-tuning the constructed
@@ -10,8 +14,8 @@ Same architecture, key names and size as `tiny-random` (trainer.models.tiny): on
 2. UNet: epsilon prediction (the scheduler's), on latents of a fixed set of pictures encoded once, with 10 %
    empty captions so classifier-free guidance works, min-SNR-5 loss weights, and an EMA of the weights
    (what ships).
-The text encoder stays frozen: a frozen encoder costs no backward pass and lets the captions' embeddings be
-computed once, and trained jointly it collapsed (captions stopped changing the UNet's loss). Its random
+The text encoder (both of SDXL's) stays frozen: a frozen encoder costs no backward pass and lets the captions'
+embeddings be computed once, and trained jointly it collapsed (captions stopped changing the UNet's loss). Its random
 token and position embeddings are first scaled up (`TOKEN_GAIN`, `POSITION_GAIN`): at CLIP's init scale
 (0.02) every caption's output is nearly the same vector (mean cosine 0.9), and with the gains the UNet
 learned to tell captions apart 2.5 times faster in a 200-step probe (bench/RESULTS.md).
@@ -38,7 +42,9 @@ class PretrainConfig:
     """Settings of one pretraining run."""
 
     out: str = "runs/pretrain"
-    """Folder for checkpoints and the final `tiny-sd15.safetensors`."""
+    """Folder for checkpoints and the final `tiny-<family>.safetensors`."""
+    family: str = "sd15"
+    """sd15 or sdxl: which tiny model (trainer.models.tiny) learns the vocabulary."""
     seed: int = 1
     vae_norm_groups: int = 4
     """GroupNorm groups of the VAE (a setting, not a weight: every key and shape stays). The random model's 16
@@ -103,12 +109,17 @@ def sharpen_text_encoder(text_encoder) -> None:
     embeddings.position_embedding.weight.mul_(POSITION_GAIN)
 
 
+def text_encoders(pipe) -> list:
+    """The pipeline's text encoders: one for SD 1.x, two for SDXL."""
+    return [encoder for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if encoder is not None]
+
+
 @torch.no_grad()
 def encode_pictures(pipe, cfg: PretrainConfig, out: Path) -> dict:
     """Latent mean/std and caption embeddings of the fixed picture set (cached in `data.pt`)."""
     path = out / "data.pt"
     cached = _load_state(path)
-    key = f"pictures={cfg.pictures} seed={cfg.seed}"
+    key = f"family={cfg.family} pictures={cfg.pictures} seed={cfg.seed}"
     if cached is not None and cached.get("key") == key:  # other settings: other pictures, encoded anew
         return cached
     means, stds, captions = [], [], []
@@ -122,23 +133,42 @@ def encode_pictures(pipe, cfg: PretrainConfig, out: Path) -> dict:
     mean, std = torch.cat(means), torch.cat(stds)
     scale = float(1.0 / mean.std())  # the measured latent scale, as SD's 0.18215 was measured
     unique = sorted(set(captions)) + [""]
-    embeds = embed_captions(pipe, unique)
+    embeds, pooled = embed_captions(pipe, unique)
     index = {caption: i for i, caption in enumerate(unique)}
-    data = dict(key=key, pictures=cfg.pictures, mean=mean, std=std, scale=scale, embeds=embeds,
+    data = dict(key=key, pictures=cfg.pictures, mean=mean, std=std, scale=scale, embeds=embeds, pooled=pooled,
                 caption_index=torch.tensor([index[c] for c in captions]), empty=len(unique) - 1)
     _save_state(path, **data)
     return data
 
 
 @torch.no_grad()
-def embed_captions(pipe, captions: list[str]) -> torch.Tensor:
-    """The frozen text encoder's last hidden states, exactly as the pipeline computes them."""
-    chunks = []
+def embed_captions(pipe, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(prompt embeddings, pooled embeddings or None) exactly as the pipeline computes them; for SDXL the empty
+    caption is all zeros, as its pipeline's unconditional half is (`force_zeros_for_empty_prompt`)."""
+    chunks, pooled_chunks = [], []
     for start in range(0, len(captions), 64):
-        ids = pipe.tokenizer(captions[start:start + 64], padding="max_length", truncation=True,
-                             max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
-        chunks.append(pipe.text_encoder(ids)[0])
-    return torch.cat(chunks)
+        chunk = captions[start:start + 64]
+        if getattr(pipe, "text_encoder_2", None) is None:
+            ids = pipe.tokenizer(chunk, padding="max_length", truncation=True,
+                                 max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+            chunks.append(pipe.text_encoder(ids)[0])
+            continue
+        embeds, _, pooled, _ = pipe.encode_prompt(chunk, device="cpu", do_classifier_free_guidance=False)
+        empty = torch.tensor([caption == "" for caption in chunk])
+        chunks.append(embeds.masked_fill(empty.view(-1, 1, 1), 0.0))
+        pooled_chunks.append(pooled.masked_fill(empty.view(-1, 1), 0.0))
+    return torch.cat(chunks), torch.cat(pooled_chunks) if pooled_chunks else None
+
+
+def unet_conditions(pipe, data: dict, caption: torch.Tensor) -> dict:
+    """The UNet's keyword arguments for these caption indices: SDXL's also take the pooled embedding and the
+    size/crop ids of an uncropped picture at the tiny model's resolution."""
+    kwargs = {"encoder_hidden_states": data["embeds"][caption]}
+    if data.get("pooled") is not None:
+        size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(len(caption), 1)
+        kwargs["added_cond_kwargs"] = {"text_embeds": data["pooled"][caption], "time_ids": ids}
+    return kwargs
 
 
 def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
@@ -168,7 +198,7 @@ def train_unet(pipe, data: dict, cfg: PretrainConfig, out: Path):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        error = (unet(noisy, t, data["embeds"][caption]).sample - noise).pow(2).mean(dim=(1, 2, 3))
+        error = (unet(noisy, t, **unet_conditions(pipe, data, caption)).sample - noise).pow(2).mean(dim=(1, 2, 3))
         loss = (error * loss_weights(a.flatten(), cfg.snr_gamma)).mean()
         _optimizer_step(opt, unet, loss, lr_at(step, cfg.unet_steps, cfg.unet_lr))
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
@@ -220,20 +250,22 @@ def pretrain(cfg: PretrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    pipe = build_tiny_pipeline("sd15")  # the random weights: tiny-random
+    pipe = build_tiny_pipeline(cfg.family)  # the random weights: tiny-random, tiny-sdxl-random
     pipe.vae = regroup_vae(pipe.vae, cfg.vae_norm_groups)
     block_mean_init(pipe.vae)
     pipe.vae.requires_grad_(False).eval()
-    sharpen_text_encoder(pipe.text_encoder)
-    pipe.text_encoder.half().float()  # the shipped encoder is fp16: train against exactly its outputs
-    pipe.text_encoder.requires_grad_(False)
+    for encoder in text_encoders(pipe):
+        sharpen_text_encoder(encoder)
+        encoder.half().float()  # the shipped encoders are fp16: train against exactly their outputs
+        encoder.requires_grad_(False)
     started = time.time()
     data = encode_pictures(pipe, cfg, out)
     print(f"latent scale {data['scale']:.4f}; {len(data['embeds']) - 1} distinct captions", flush=True)
     ema = train_unet(pipe, data, cfg, out)
     pipe.unet.load_state_dict(ema.state_dict())
     pipe.vae.register_to_config(scaling_factor=data["scale"])
-    meta = {key: value for key, value in asdict(cfg).items() if key != "out"}  # same settings, same bytes
-    target = save_pretrained_weights(pipe, out / "tiny-sd15.safetensors", meta=meta)
+    # Same settings, same bytes; the family is the file's keys (and SD 1.x's file predates the setting).
+    meta = {key: value for key, value in asdict(cfg).items() if key not in ("out", "family")}
+    target = save_pretrained_weights(pipe, out / f"tiny-{cfg.family}.safetensors", meta=meta)
     print(f"wrote {target} in {time.time() - started:.0f} s", flush=True)
     return target

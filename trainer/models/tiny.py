@@ -23,14 +23,21 @@ from pathlib import Path
 # torch is imported inside the builders: `lora-studio --help`, `jobs` and `doctor` read the names and sizes
 # below without paying for it.
 
-TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-random": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}
+TINY_NAMES = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-random": "sd15", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl",
+              "tiny-sdxl-random": "sdxl"}
 # Names whose weights are the pretrained ones shipped in assets/ (tools/pretrain_tiny.py made them: the tiny SD 1.x
-# model trained to draw the shapes vocabulary, trainer/models/shapes.py); every other tiny name is the seeded
-# random model, for tests that need the exact structure only.
-PRETRAINED = frozenset({"tiny", "tiny-sd15"})
+# and SDXL models trained to draw the shapes vocabulary, trainer/models/shapes.py); every other tiny name is the
+# seeded random model, for tests that need the exact structure only.
+PRETRAINED = frozenset({"tiny", "tiny-sd15", "tiny-sdxl"})
 PRETRAINED_FILE = Path(__file__).parent / "assets" / "tiny-sd15-shapes.safetensors"
 PRETRAINED_SHA256 = "72d9e77cf6da7a8499ca562fab6dcd8ee523edccd63d4c11da12aeac23bfc621"
 """SHA-256 of PRETRAINED_FILE; a file that does not match is refused."""
+PRETRAINED_SDXL_FILE = Path(__file__).parent / "assets" / "tiny-sdxl-shapes.safetensors"
+PRETRAINED_SDXL_SHA256 = "481d1a8c58e442a90e03a63f5bb00425a692481229ff0df6707e45607966e63e"
+PRETRAINED_WEIGHTS = {"sd15": (PRETRAINED_FILE, PRETRAINED_SHA256),
+                      "sdxl": (PRETRAINED_SDXL_FILE, PRETRAINED_SDXL_SHA256)}
+"""The shipped weights (file, SHA-256) of each pretrained family."""
+_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 TINY_RESOLUTION = {"sd15": 128, "sd2": 128, "sdxl": 128}
 TINY_SEED = 20241122
 
@@ -164,14 +171,15 @@ def build_tiny_pipeline(family: str = "sd15"):
 
 def load_tiny_pipeline(name: str = "tiny"):
     """The pipeline a tiny name stands for: the shipped pretrained weights for PRETRAINED names, else random."""
-    pipe = build_tiny_pipeline(TINY_NAMES.get(name, name))
+    family = TINY_NAMES.get(name, name)
+    pipe = build_tiny_pipeline(family)
     if name in PRETRAINED:
-        load_pretrained_weights(pipe, PRETRAINED_FILE, PRETRAINED_SHA256)
+        load_pretrained_weights(pipe, *PRETRAINED_WEIGHTS[family])
     return pipe
 
 
 def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
-    """Load a file `save_pretrained_weights` wrote into the SD 1.x pipeline, after checking its SHA-256."""
+    """Load a file `save_pretrained_weights` wrote into the same family's pipeline, after checking its SHA-256."""
     import json
 
     from safetensors import safe_open
@@ -181,11 +189,12 @@ def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise ModelError("is missing from the package", where=str(path),
-                         fix="Reinstall LoRA Studio, or use --base-model tiny-random for the random-weight model.")
+                         fix="Reinstall LoRA Studio, or use --base-model tiny-random (SD 1.x) or tiny-sdxl-random "
+                             "for the random-weight model.")
     if sha256 is not None and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
         raise ModelError("does not match its pinned SHA-256 (damaged or replaced)", where=str(path),
                          fix="Reinstall LoRA Studio, or regenerate it with tools/pretrain_tiny.py and update "
-                             "PRETRAINED_SHA256.")
+                             "its SHA-256 in trainer/models/tiny.py (PRETRAINED_WEIGHTS).")
     with safe_open(str(path), framework="pt") as weights:
         names = list(weights.keys())  # safe_open is not iterable
         metadata = json.loads((weights.metadata() or {}).get("lora_studio_tiny", "{}"))
@@ -194,8 +203,10 @@ def load_pretrained_weights(pipe, path: str | Path, sha256: str | None = None):
             from diffusers import AutoencoderKL
 
             pipe.vae = AutoencoderKL.from_config(pipe.vae.config, norm_num_groups=groups)
-        for component in ("unet", "vae", "text_encoder"):
-            module = getattr(pipe, component)
+        for component in _COMPONENTS:
+            module = getattr(pipe, component, None)
+            if module is None:
+                continue
             prefix = component + "."
             state = {k[len(prefix):]: weights.get_tensor(k).float() for k in names if k.startswith(prefix)}
             module.load_state_dict(state, strict=True)
@@ -290,11 +301,12 @@ def _build_sdxl():
 
 
 def save_tiny_model(family: str, out_dir: str | Path, random_weights: bool = False) -> Path:
-    """Write the tiny pipeline as a diffusers folder (safetensors weights): SD 1.x with the shipped pretrained
-    weights unless `random_weights`, the other families with their seeded random ones."""
+    """Write the tiny pipeline as a diffusers folder (safetensors weights): SD 1.x and SDXL with the shipped
+    pretrained weights unless `random_weights`, SD 2.x with its seeded random ones."""
     out_dir = Path(out_dir)
     family = TINY_NAMES.get(family, family)
-    pipe = load_tiny_pipeline("tiny") if family == "sd15" and not random_weights else build_tiny_pipeline(family)
+    pretrained = {"sd15": "tiny", "sdxl": "tiny-sdxl"}.get(family)
+    pipe = load_tiny_pipeline(pretrained) if pretrained and not random_weights else build_tiny_pipeline(family)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
@@ -304,7 +316,7 @@ def weights_hash(pipe) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for component in _COMPONENTS:
         module = getattr(pipe, component, None)
         if module is None:
             continue
@@ -315,14 +327,16 @@ def weights_hash(pipe) -> str:
 
 
 def save_pretrained_weights(pipe, path: str | Path, meta: dict | None = None) -> Path:
-    """Write the SD 1.x pipeline's UNet, VAE and text encoder as one fp16 safetensors file (the shipped form)."""
+    """Write the pipeline's UNet, VAE and text encoder(s) as one fp16 safetensors file (the shipped form)."""
     import json
 
     import torch
     from safetensors.torch import save_file
 
     tensors = {}
-    for component in ("unet", "vae", "text_encoder"):
+    for component in _COMPONENTS:
+        if getattr(pipe, component, None) is None:
+            continue
         for key, tensor in getattr(pipe, component).state_dict().items():
             tensors[f"{component}.{key}"] = tensor.detach().to("cpu", torch.float16).contiguous()
     # One metadata key: safetensors writes several in hash-map order, and the same weights must be the same bytes.
