@@ -325,9 +325,11 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     for component in memory:
         component.change(lambda *v: estimate_text(dict(zip(MEMORY_FIELDS, v, strict=True)), studio.home), memory,
                          c["estimate"], api_name=False, trigger_mode="always_last")
-    for event in (c["dataset"].focus, c["dataset"].change):
-        event(pick_dataset, [c["dataset"], fields["export.name"]],
-              [c["dataset"], fields["data.trigger_word"], fields["export.name"]], api_name=False)
+    # Focus only refreshes the choices: it sees the dataset picked before, and as its own listener its reply can
+    # land after the change's, so a name or trigger it suggested would be stale and overwrite what was typed.
+    c["dataset"].focus(lambda: gr.update(choices=studio.dataset_names()), None, c["dataset"], api_name=False)
+    c["dataset"].change(pick_dataset, [c["dataset"], fields["export.name"]],
+                        [c["dataset"], fields["data.trigger_word"], fields["export.name"]], api_name=False)
     c["on_load"] = (
         lambda job: [gr.update(choices=studio.dataset_names()), *refresh(studio, job)],
         [c["job"]],

@@ -76,7 +76,6 @@ def start_training(page, name: str, steps: str, sample_every: str | None = None)
     wait_text(page, "#train-preset-help", "^Quick test:")  # the preset's values land with it, not over ours
     pick(page, "train-dataset", "shapes")
     wait_value(page, "field-export-name", "^(?!lora$)")  # the name taken from the dataset lands before we type
-    page.wait_for_timeout(1500)  # and the pick's second reply too, or it puts the dataset's name over ours
     page.locator("#field-export-name textarea, #field-export-name input").first.fill(name)
     set_number(page, "field-train-steps", steps)
     pick(page, "field-data-resolution", "64")
@@ -142,9 +141,8 @@ def _train_form(page, url: str) -> None:
     wait_value(page, "field-export-name", "^shapes$")
     pick(page, "train-dataset", "circles")  # a name taken from a dataset follows the next one
     wait_value(page, "field-export-name", "^circles$")
-    # picking answers twice (the dropdown's focus and its change event): let the second reply land before
-    # typing, or it puts "circles" back over the typed name (as it would for a person typing within a second)
-    page.wait_for_timeout(1500)
+    # Typed at once: only the pick's change event sets the name (its focus, which saw "shapes" and whose reply
+    # could land late, used to put "shapes" over the typed name; CI saw it twice).
     name.fill("my-lora")
     pick(page, "train-dataset", "shapes")  # a typed name stays
     page.wait_for_timeout(1000)
