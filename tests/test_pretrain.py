@@ -59,3 +59,11 @@ def test_the_sdxl_base_trains_on_what_its_pipeline_feeds_the_unet(tmp_path):
     kwargs = unet_conditions(pipe, data, torch.tensor([0, data["empty"]]))
     ids = pipe._get_add_time_ids((128, 128), (0, 0), (128, 128), torch.float32, text_encoder_projection_dim=64)
     assert torch.equal(kwargs["added_cond_kwargs"]["time_ids"], ids.repeat(2, 1))
+
+
+def test_a_family_it_cannot_train_is_refused_by_name(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="'sd2'.*sd15 or sdxl"):
+        pretrain(PretrainConfig(out=str(tmp_path / "v"), family="sd2", **QUICK))
+    assert not (tmp_path / "v").exists()

@@ -96,6 +96,7 @@ def _progress(total: int, initial: int, desc: str):
     return tqdm(total=total, initial=initial, desc=desc, mininterval=5.0)
 
 
+PRETRAIN_FAMILIES = ("sd15", "sdxl")
 TOKEN_GAIN = 50.0
 POSITION_GAIN = 10.0
 
@@ -247,6 +248,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     """Run (or resume) both phases and write `<out>/tiny-sd15.safetensors`."""
     from trainer.models.tiny import build_tiny_pipeline, save_pretrained_weights
 
+    if cfg.family not in PRETRAIN_FAMILIES:  # SD 2.x's tiny model predicts v, which this loss does not train
+        raise ValueError(f"family {cfg.family!r}: pretraining trains {' or '.join(PRETRAIN_FAMILIES)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
