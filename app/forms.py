@@ -274,16 +274,19 @@ def preset_help(preset: str | None) -> str:
 
 def default_lora_name(dataset: str | None, current: str | None, datasets: tuple[str, ...] = ()) -> str | None:
     """The LoRA name to show after the user picks `dataset`: the dataset's name when the name field is empty,
-    still the default, or still a dataset's name (taken from one picked before); None keeps what the user typed."""
+    still the default, or still a dataset's name (taken from one picked before); None keeps what is shown: a typed
+    name, or the suggestion itself (gradio fires a dropdown's change more than once a pick, and a repeat that wrote
+    the name again would land over whatever the user typed since)."""
     if not dataset:
         return None
     untouched = {"", default_value("export.name"), *datasets}
     if (current or "").strip() not in untouched:
         return None
     try:
-        return safe_name(dataset, what="dataset name")
+        suggested = safe_name(dataset, what="dataset name")
     except SecurityError:  # a name the library would refuse is not suggested; Start names the problem
         return None
+    return None if suggested == current else suggested
 
 
 def dataclass_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:

@@ -292,12 +292,14 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
             return [f"**Could not start:** {err}", *refresh(studio, selected, pin=True)]
         return [f"Queued job **{job_id}**.", *refresh(studio, job_id, pin=True)]
 
-    def pick_dataset(name: str | None, lora_name: str | None) -> Any:
+    def pick_dataset(name: str | None, lora_name: str | None, trigger: str | None) -> Any:
+        """The picked dataset's trigger word and suggested LoRA name, each written only where it differs from what
+        the event saw: a repeated change event then writes nothing, so it cannot land over a field typed since."""
         from app.datasets_tab import read_trigger
 
-        names = studio.dataset_names()
-        suggested = forms.default_lora_name(name, lora_name, tuple(names))
-        return (gr.update(choices=names), read_trigger(studio, name) if name else "",
+        suggested = forms.default_lora_name(name, lora_name, tuple(studio.dataset_names()))
+        dataset_trigger = read_trigger(studio, name) if name else ""
+        return (gr.update() if dataset_trigger == (trigger or "") else dataset_trigger,
                 gr.update() if suggested is None else suggested)
 
     c["start"].click(
@@ -328,8 +330,8 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
     # Focus only refreshes the choices: it sees the dataset picked before, and as its own listener its reply can
     # land after the change's, so a name or trigger it suggested would be stale and overwrite what was typed.
     c["dataset"].focus(lambda: gr.update(choices=studio.dataset_names()), None, c["dataset"], api_name=False)
-    c["dataset"].change(pick_dataset, [c["dataset"], fields["export.name"]],
-                        [c["dataset"], fields["data.trigger_word"], fields["export.name"]], api_name=False)
+    c["dataset"].change(pick_dataset, [c["dataset"], fields["export.name"], fields["data.trigger_word"]],
+                        [fields["data.trigger_word"], fields["export.name"]], api_name=False)
     c["on_load"] = (
         lambda job: [gr.update(choices=studio.dataset_names()), *refresh(studio, job)],
         [c["job"]],

@@ -141,8 +141,9 @@ def _train_form(page, url: str) -> None:
     wait_value(page, "field-export-name", "^shapes$")
     pick(page, "train-dataset", "circles")  # a name taken from a dataset follows the next one
     wait_value(page, "field-export-name", "^circles$")
-    # Typed at once: only the pick's change event sets the name (its focus, which saw "shapes" and whose reply
-    # could land late, used to put "shapes" over the typed name; CI saw it twice).
+    # Typed at once: gradio fires a dropdown's change more than once a pick, and a repeat's reply, landing after
+    # the typing, used to write "circles" over it (then "shapes" followed; CI saw it three times). Nor may the
+    # dataset's focus, which sees the dataset picked before, suggest anything.
     name.fill("my-lora")
     pick(page, "train-dataset", "shapes")  # a typed name stays
     page.wait_for_timeout(1000)

@@ -100,7 +100,7 @@ def test_switching_presets_leaves_nothing_of_the_previous_one(tmp_path):
 
 @pytest.mark.parametrize(
     ("current", "expected"),
-    [("", "cats"), ("lora", "cats"), (" ", "cats"), ("dogs", "cats"), ("my-style", None)],
+    [("", "cats"), ("lora", "cats"), (" ", "cats"), ("dogs", "cats"), ("my-style", None), ("cats", None)],
 )
 def test_the_lora_name_defaults_from_the_dataset_unless_typed(current, expected):
     assert forms.default_lora_name("cats", current, ("cats", "dogs")) == expected
