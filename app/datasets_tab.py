@@ -238,9 +238,16 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         ok, text = _safe(import_files, studio, name or "", files)
         return (text, *show(name if ok else None), None)
 
+    def pick(name: str | None, rows: Any, trigger: str | None) -> tuple[Any, Any, Any, Any]:
+        """`show` for the dropdown's change, writing the captions and trigger word only where they differ from what
+        the event saw: gradio fires a change more than once a pick, and a repeat must not land over edits since."""
+        choices, gallery, new_rows, new_trigger = show(name)
+        return (choices, gallery, gr.update() if _rows(rows) == new_rows else new_rows,
+                gr.update() if (trigger or "") == new_trigger else new_trigger)
+
     outputs = [c["dataset"], c["gallery"], c["captions"], c["trigger"]]
-    c["dataset"].change(show, c["dataset"], outputs, api_name="show_dataset")
-    c["refresh"].click(show, c["dataset"], outputs, api_name=False)
+    c["dataset"].change(pick, [c["dataset"], c["captions"], c["trigger"]], outputs, api_name=False)
+    c["refresh"].click(show, c["dataset"], outputs, api_name="show_dataset")
     c["import"].click(add, [c["dataset"], c["upload"]], [c["message"], *outputs, c["upload"]], api_name="import_files")
     view = [c["gallery"], c["captions"]]
     reshow = (lambda name: show(name)[1:3], c["dataset"], view)  # the gallery's labels follow the files
