@@ -33,10 +33,32 @@ def pick(page, elem_id: str, value: str) -> None:
     page.keyboard.press("Escape")
 
 
+def upload(page, files: list[str]) -> None:
+    """Put files in the Datasets tab's upload box and wait until the server has them (the box lists them)."""
+    page.locator("#ds-upload input[type=file]").set_input_files(files)
+    page.wait_for_function(  # the preview table is drawn from the uploaded value, so only after the upload
+        "(n) => document.querySelectorAll('#ds-upload .file-preview tbody tr').length === n",
+        arg=len(files),
+        timeout=60_000,
+    )
+
+
+def fill(box, value: str) -> None:
+    """Fill a field so that the page keeps it. A field drawn just now (an accordion's, on first opening) can
+    show its value before its listeners are attached; a fill in that moment is put back to the default when
+    the component finishes mounting (seen 1 in 3 on the Auto-caption model box), so fill until it holds."""
+    for _ in range(20):
+        box.fill(value)
+        box.page.wait_for_timeout(200)
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"the field would not keep {value!r}")
+
+
 def set_number(page, elem_id: str, value: str) -> None:
     """Set a slider or number field through its number box."""
     box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(value)
+    fill(box, value)
     box.press("Enter")
 
 
@@ -190,8 +212,7 @@ def _flow(page, servers: list, home: Path, tagger: Path, tmp_path: Path) -> None
     page.get_by_role("tab", name="Datasets").click()
     pick(page, "ds-name", "shapes")
     files = sorted(str(f) for f in EXAMPLE.iterdir() if f.suffix in (".png", ".txt"))
-    page.locator("#ds-upload input[type=file]").set_input_files(files)
-    page.wait_for_timeout(500)
+    upload(page, files)
     page.locator("#ds-import").click()
     page.wait_for_function(
         "() => /Copied \\d+ file/.test(document.querySelector('#ds-message')?.innerText || '')",
@@ -307,8 +328,7 @@ def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:  # everything inside one top folder, as "compress folder" makes
         zf.write(EXAMPLE / "01.png", "extra/99-extra.png")
         zf.writestr("extra/99-extra.txt", "an extra picture")
-    page.locator("#ds-upload input[type=file]").set_input_files([str(archive)])
-    page.wait_for_timeout(500)
+    upload(page, [str(archive)])
     page.locator("#ds-import").click()
     wait_text(page, "#ds-message", r"Imported 1 image and 1 caption into shapes \(from extra\.zip\)\.")
     assert (folder / "99-extra.png").is_file() and not (folder / "extra").exists()
@@ -317,7 +337,7 @@ def _datasets_extras(page, folder: Path, tagger: Path, tmp_path: Path) -> None:
 
     # auto-caption: the tagger's tags appended to every caption, with a progress bar while it runs
     page.get_by_text("Auto-caption").click()
-    page.locator("#ds-cap-model textarea, #ds-cap-model input").first.fill(str(tagger))
+    fill(page.locator("#ds-cap-model textarea, #ds-cap-model input").first, str(tagger))
     page.get_by_label("Append to each caption").check()
     page.locator("#ds-caption").click()
     wait_text(page, "#ds-message", r"Captioned 13 images in shapes\.", timeout_ms=120_000)
