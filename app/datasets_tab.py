@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from app import datasets_caption
+from app.forms import unless_shown
 from app.security import SecurityError, check_upload_count, inside, suggest_name
 from app.studio import Studio
 from app.uploads import forget_uploads
@@ -242,8 +243,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
         """`show` for the dropdown's change, writing the captions and trigger word only where they differ from what
         the event saw: gradio fires a change more than once a pick, and a repeat must not land over edits since."""
         choices, gallery, new_rows, new_trigger = show(name)
-        return (choices, gallery, gr.update() if _rows(rows) == new_rows else new_rows,
-                gr.update() if (trigger or "") == new_trigger else new_trigger)
+        return choices, gallery, unless_shown(new_rows, _rows(rows)), unless_shown(new_trigger, trigger or "")
 
     outputs = [c["dataset"], c["gallery"], c["captions"], c["trigger"]]
     c["dataset"].change(pick, [c["dataset"], c["captions"], c["trigger"]], outputs, api_name=False)

@@ -272,6 +272,13 @@ def preset_help(preset: str | None) -> str:
     return PRESET_HELP[preset]
 
 
+def unless_shown(value: Any, shown: Any) -> Any:
+    """`value` as an update for a field whose event sent `shown`, or no update when they are equal. gradio fires a
+    dropdown's change more than once a pick; a repeat that wrote the same value again would land over whatever the
+    user typed since, so a handler writing a field the user can edit writes only what changed."""
+    return gr.update() if value == shown else value
+
+
 def default_lora_name(dataset: str | None, current: str | None, datasets: tuple[str, ...] = ()) -> str | None:
     """The LoRA name to show after the user picks `dataset`: the dataset's name when the name field is empty,
     still the default, or still a dataset's name (taken from one picked before); None keeps what is shown: a typed

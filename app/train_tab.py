@@ -299,8 +299,7 @@ def _wire(studio: Studio, c: dict[str, Any]) -> None:
 
         suggested = forms.default_lora_name(name, lora_name, tuple(studio.dataset_names()))
         dataset_trigger = read_trigger(studio, name) if name else ""
-        return (gr.update() if dataset_trigger == (trigger or "") else dataset_trigger,
-                gr.update() if suggested is None else suggested)
+        return forms.unless_shown(dataset_trigger, trigger or ""), gr.update() if suggested is None else suggested
 
     c["start"].click(
         start,

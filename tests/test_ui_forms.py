@@ -98,6 +98,21 @@ def test_switching_presets_leaves_nothing_of_the_previous_one(tmp_path):
     assert "preset" in forms.preset_help(None).lower()
 
 
+def test_a_pick_writes_only_what_differs_from_what_its_event_saw():
+    import pandas as pd
+
+    from app.datasets_tab import _rows
+
+    unchanged = forms.unless_shown("sks", "sks")
+    assert isinstance(unchanged, dict) and "value" not in unchanged  # an update that leaves the field alone
+    assert forms.unless_shown("sks", "") == "sks"
+    rows = [["00.png", "a red circle"], ["01.png", "a blue square"]]
+    seen = pd.DataFrame(rows, columns=["file", "caption"])  # as the browser sends the captions table
+    assert "value" not in forms.unless_shown(rows, _rows(seen))
+    edited = pd.DataFrame([rows[0], ["01.png", "an edited caption"]], columns=["file", "caption"])
+    assert forms.unless_shown(rows, _rows(edited)) == rows
+
+
 @pytest.mark.parametrize(
     ("current", "expected"),
     [("", "cats"), ("lora", "cats"), (" ", "cats"), ("dogs", "cats"), ("my-style", None), ("cats", None)],
